@@ -1,0 +1,451 @@
+//! Tests of `LogCore` with in-process clusters over `MemStore` (no network, instant delivery).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use raft::eraftpb::{Message, MessageType};
+
+use crate::core::{LogConfig, LogCore, LogError, LogEvent, ProposeError, Role, StepOutcome};
+use crate::entry::{Command, TxnChunk};
+use crate::state_machine::Outcome;
+use crate::store::{LogStore, MemStore, RaftEngineStore};
+use crate::types::{BinlogPos, BootInstant, Epoch, Gtid, NodeId, ProposalId};
+
+const MS: u64 = 1_000_000;
+
+fn cfg(id: u64, n: u64) -> LogConfig {
+    let mut c = LogConfig::new(NodeId(id), (1..=n).map(NodeId).collect());
+    c.tick_interval = Duration::from_millis(10);
+    c.election_ticks = 10;
+    c.election_ticks_max = 20;
+    c.heartbeat_ticks = 2;
+    c.lease_margin = Duration::from_millis(5);
+    c.deterministic_seed = Some(id);
+    c
+}
+
+struct Cluster {
+    nodes: Vec<LogCore<MemStore>>,
+    /// Nodes that neither send nor receive (cut off).
+    cut: Vec<bool>,
+    events: Vec<(usize, LogEvent)>,
+    now: u64,
+    outcomes: Vec<(u64, ProposalId, Outcome)>,
+}
+
+impl Cluster {
+    fn new(n: u64) -> Cluster {
+        let nodes = (1..=n)
+            .map(|id| LogCore::new(cfg(id, n), MemStore::new(), BootInstant(0)).unwrap())
+            .collect();
+        Cluster {
+            nodes,
+            cut: vec![false; n as usize],
+            events: Vec::new(),
+            now: 0,
+            outcomes: Vec::new(),
+        }
+    }
+
+    fn t(&self) -> BootInstant {
+        BootInstant(self.now)
+    }
+
+    /// Advances time by `ms` in 2 ms steps, delivering every message at once.
+    fn run(&mut self, ms: u64) {
+        for _ in 0..ms / 2 {
+            self.now += 2 * MS;
+            self.pump();
+        }
+    }
+
+    fn pump(&mut self) {
+        let now = self.t();
+        for _ in 0..50 {
+            let mut msgs: Vec<Message> = Vec::new();
+            for (i, n) in self.nodes.iter_mut().enumerate() {
+                n.tick(now).unwrap();
+                let out = n.poll(now).unwrap();
+                self.events.extend(out.events.into_iter().map(|e| (i, e)));
+                if !self.cut[i] {
+                    msgs.extend(out.messages);
+                }
+                self.outcomes
+                    .extend(out.outcomes.into_iter().map(|(p, o)| (i as u64 + 1, p, o)));
+            }
+            if msgs.is_empty() {
+                return;
+            }
+            for m in msgs {
+                let to = m.to as usize - 1;
+                if self.cut[to] {
+                    continue;
+                }
+                self.nodes[to].step(NodeId(m.from), m, now).unwrap();
+            }
+        }
+    }
+
+    fn leader(&self) -> Option<usize> {
+        self.nodes.iter().position(|n| n.role() == Role::Leader)
+    }
+
+    /// Runs until a leader exists and has promoted itself (MasterReady applied).
+    fn elect_and_promote(&mut self) -> usize {
+        self.run(400);
+        let l = self.leader().expect("a leader after 400 ms");
+        let term = self.nodes[l].term();
+        let cmd = Command::MasterReady {
+            node: self.nodes[l].id(),
+            epoch: Epoch(term),
+            gtid: self.nodes[l].state_machine().last_gtid(),
+        };
+        self.nodes[l].propose(ProposalId(1_000), cmd).unwrap();
+        self.run(20);
+        assert_eq!(
+            self.nodes[l].state_machine().master(),
+            Some((self.nodes[l].id(), Epoch(term)))
+        );
+        l
+    }
+}
+
+fn txn(seq: u64, body: &str) -> TxnChunk {
+    TxnChunk::whole(
+        Gtid::new(0, 1, seq),
+        BinlogPos {
+            file: "bin.000001".into(),
+            offset: seq,
+        },
+        Bytes::from(body.as_bytes().to_vec()),
+    )
+}
+
+#[test]
+fn proposals_commit_and_are_never_taken_by_a_follower() {
+    let mut c = Cluster::new(3);
+    let l = c.elect_and_promote();
+    let f = (l + 1) % 3;
+    let leader_id = c.nodes[l].id();
+    let epoch = Epoch(c.nodes[l].term());
+    let cmd = Command::Append {
+        epoch,
+        prev_gtid: None,
+        txns: vec![txn(1, "a"), txn(2, "bb")],
+    };
+    assert_eq!(
+        c.nodes[f].propose(ProposalId(1), cmd.clone()),
+        Err(ProposeError::NotLeader {
+            leader: Some(leader_id)
+        })
+    );
+    c.nodes[l].propose(ProposalId(2), cmd).unwrap();
+    c.run(20);
+    assert!(
+        c.outcomes
+            .contains(&(leader_id.0, ProposalId(2), Outcome::Accepted)),
+        "{:?}",
+        c.outcomes
+    );
+    for n in &c.nodes {
+        assert_eq!(n.state_machine().last_gtid(), Some(Gtid::new(0, 1, 2)));
+    }
+    // Readers get whole transactions after a GTID, and errors for unknown ones.
+    let got = c.nodes[f]
+        .txns_after(Some(Gtid::new(0, 1, 1)), 1 << 20)
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].events, b"bb");
+    assert_eq!(
+        c.nodes[f].txns_after(None, 1).unwrap().len(),
+        1,
+        "max_bytes still returns one"
+    );
+    assert!(matches!(
+        c.nodes[f].txns_after(Some(Gtid::new(0, 9, 1)), 1 << 20),
+        Err(LogError::UnknownGtid(_))
+    ));
+}
+
+#[test]
+fn peers_cannot_inject_proposals_or_transfers_and_votes_wait_for_the_hold_off() {
+    let mut n = LogCore::new(cfg(1, 3), MemStore::new(), BootInstant(0)).unwrap();
+    let msg = |t: MessageType| {
+        let mut m = Message::default();
+        m.set_msg_type(t);
+        m.from = 2;
+        m.to = 1;
+        m.term = 5;
+        m
+    };
+    for t in [
+        MessageType::MsgPropose,
+        MessageType::MsgTransferLeader,
+        MessageType::MsgHup,
+    ] {
+        assert!(matches!(
+            n.step(NodeId(2), msg(t), BootInstant(MS)).unwrap(),
+            StepOutcome::Ignored(_)
+        ));
+    }
+    // A message claiming another sender than the authenticated peer is ignored.
+    assert!(matches!(
+        n.step(NodeId(3), msg(MessageType::MsgHeartbeat), BootInstant(MS))
+            .unwrap(),
+        StepOutcome::Ignored(_)
+    ));
+    // election_timeout_max = 20 ticks x 10 ms = 200 ms after start.
+    for t in [MessageType::MsgRequestVote, MessageType::MsgRequestPreVote] {
+        assert_eq!(
+            n.step(NodeId(2), msg(t), BootInstant(199 * MS)).unwrap(),
+            StepOutcome::VoteHeldOff
+        );
+    }
+    assert_eq!(
+        n.term(),
+        0,
+        "a held-off vote request must not even bump the term"
+    );
+    let mut v = msg(MessageType::MsgRequestVote);
+    v.log_term = 1;
+    v.index = 10;
+    assert_eq!(
+        n.step(NodeId(2), v, BootInstant(200 * MS)).unwrap(),
+        StepOutcome::Stepped
+    );
+    let out = n.poll(BootInstant(200 * MS)).unwrap();
+    assert!(out
+        .messages
+        .iter()
+        .any(|m| m.get_msg_type() == MessageType::MsgRequestVoteResponse && !m.reject));
+}
+
+#[test]
+fn the_lease_needs_a_quorum_round_and_is_given_up_before_a_transfer() {
+    let mut c = Cluster::new(3);
+    let l = c.elect_and_promote();
+    assert!(
+        c.nodes[l].lease_valid_until().is_none(),
+        "no lease without a round"
+    );
+    let sent = c.t();
+    assert!(c.nodes[l].start_lease_round(sent));
+    c.pump();
+    let until = c.nodes[l]
+        .lease_valid_until()
+        .expect("lease after a quorum round");
+    // (10 - 1) ticks x 10 ms x 0.99 - 5 ms = 84.1 ms after the send instant.
+    assert_eq!(until, sent.add(Duration::from_micros(84_100)));
+    assert!(c.nodes[l].holds_lease(c.t()));
+    for (i, n) in c.nodes.iter().enumerate() {
+        if i != l {
+            assert!(
+                n.lease_valid_until().is_none(),
+                "a follower never holds the lease"
+            );
+        }
+    }
+    let to = c.nodes[(l + 1) % 3].id();
+    let now = c.t();
+    c.nodes[l].transfer_leader(to, now);
+    assert!(c.nodes[l].lease_valid_until().is_none());
+    assert!(
+        !c.nodes[l].start_lease_round(now),
+        "no new lease in the term of a transfer"
+    );
+    c.run(50);
+    assert_eq!(c.leader(), Some((l + 1) % 3), "the transferee leads");
+}
+
+#[test]
+fn a_stale_lease_round_does_not_count_after_a_pause() {
+    let mut c = Cluster::new(3);
+    let l = c.elect_and_promote();
+    let sent = c.t();
+    assert!(c.nodes[l].start_lease_round(sent));
+    // The leader's loop stalls for 50 ms (> 5 ms margin) before it sees the answers.
+    let now = BootInstant(c.now + 50 * MS);
+    let msgs = c.nodes[l].poll(sent).unwrap().messages;
+    let mut replies = Vec::new();
+    for m in msgs {
+        let to = m.to as usize - 1;
+        c.nodes[to].step(NodeId(m.from), m, sent).unwrap();
+        replies.extend(c.nodes[to].poll(sent).unwrap().messages);
+    }
+    for m in replies {
+        if m.to as usize - 1 == l {
+            c.nodes[l].step(NodeId(m.from), m, now).unwrap();
+        }
+    }
+    c.nodes[l].poll(now).unwrap();
+    assert!(
+        c.nodes[l].lease_valid_until().is_none(),
+        "a round sent before the gap must not grant a lease"
+    );
+}
+
+#[test]
+fn a_restarted_node_replays_to_the_same_state_and_compaction_reports_gaps() {
+    let mut c = Cluster::new(3);
+    let l = c.elect_and_promote();
+    let epoch = Epoch(c.nodes[l].term());
+    let mut prev = None;
+    for s in 1..=30u64 {
+        let cmd = Command::Append {
+            epoch,
+            prev_gtid: prev,
+            txns: vec![txn(s, "x")],
+        };
+        c.nodes[l].propose(ProposalId(s), cmd).unwrap();
+        prev = Some(Gtid::new(0, 1, s));
+        c.run(4);
+    }
+    c.run(20);
+    let f = (l + 1) % 3;
+    let before = c.nodes[f].state_machine().clone();
+    let applied = c.nodes[f].applied_index();
+    // Compact the follower's log, then restart it from what it synced.
+    let rep = c.nodes[f]
+        .compact(Some(Gtid::new(0, 1, 10)), 1000)
+        .unwrap()
+        .expect("something to compact");
+    assert!(rep.through < applied);
+    assert!(matches!(
+        c.nodes[f].txns_after(Some(Gtid::new(0, 1, 3)), 1 << 20),
+        Err(LogError::Compacted { .. })
+    ));
+    assert_eq!(
+        c.nodes[f]
+            .txns_after(Some(Gtid::new(0, 1, 10)), 1 << 20)
+            .unwrap()
+            .len(),
+        20
+    );
+    let cfg_f = c.nodes[f].config().clone();
+    let store = std::mem::replace(
+        &mut c.nodes[f],
+        LogCore::new(cfg(9, 3), MemStore::new(), BootInstant(0)).unwrap(),
+    )
+    .into_store()
+    .crash();
+    let now = c.t();
+    c.nodes[f] = LogCore::new(cfg_f, store, now).unwrap();
+    c.run(100);
+    let after = c.nodes[f].state_machine();
+    assert!(after.applied_index() >= applied);
+    assert_eq!(after.gtid_state(), before.gtid_state());
+    assert_eq!(after.master(), before.master());
+    assert_eq!(
+        c.nodes[f]
+            .txns_after(Some(Gtid::new(0, 1, 29)), 1 << 20)
+            .unwrap()[0]
+            .events,
+        b"x"
+    );
+}
+
+#[test]
+fn a_single_node_on_raft_engine_restarts_with_its_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c1 = cfg(1, 1);
+    c1.deterministic_seed = None;
+    let mut now = 0;
+    let mut step = |n: &mut LogCore<RaftEngineStore>, ms: u64| {
+        for _ in 0..ms {
+            now += MS;
+            n.tick(BootInstant(now)).unwrap();
+            n.poll(BootInstant(now)).unwrap();
+        }
+        BootInstant(now)
+    };
+    let mut n = LogCore::new(
+        c1.clone(),
+        RaftEngineStore::open(dir.path()).unwrap(),
+        BootInstant(0),
+    )
+    .unwrap();
+    let t = step(&mut n, 300);
+    assert_eq!(n.role(), Role::Leader);
+    let term = n.term();
+    n.propose(
+        ProposalId(1),
+        Command::MasterReady {
+            node: NodeId(1),
+            epoch: Epoch(term),
+            gtid: None,
+        },
+    )
+    .unwrap();
+    step(&mut n, 5);
+    n.propose(
+        ProposalId(2),
+        Command::Append {
+            epoch: Epoch(term),
+            prev_gtid: None,
+            txns: vec![txn(1, "hello")],
+        },
+    )
+    .unwrap();
+    step(&mut n, 5);
+    assert_eq!(n.state_machine().last_gtid(), Some(Gtid::new(0, 1, 1)));
+    assert!(n.store().last_index() >= 3);
+    drop(n);
+    let n = LogCore::new(c1, RaftEngineStore::open(dir.path()).unwrap(), t).unwrap();
+    let mut n = n;
+    step(&mut n, 5);
+    assert_eq!(n.state_machine().last_gtid(), Some(Gtid::new(0, 1, 1)));
+    assert_eq!(n.state_machine().master(), Some((NodeId(1), Epoch(term))));
+    assert_eq!(n.txns_after(None, 1 << 20).unwrap()[0].events, b"hello");
+}
+
+#[test]
+fn a_follower_behind_the_compaction_point_installs_a_snapshot_and_is_flagged() {
+    let mut c = Cluster::new(3);
+    let l = c.elect_and_promote();
+    let lagging = (l + 1) % 3;
+    c.cut[lagging] = true;
+    let epoch = Epoch(c.nodes[l].term());
+    let mut prev = None;
+    for s in 1..=20u64 {
+        let cmd = Command::Append {
+            epoch,
+            prev_gtid: prev,
+            txns: vec![txn(s, "y")],
+        };
+        c.nodes[l].propose(ProposalId(s), cmd).unwrap();
+        prev = Some(Gtid::new(0, 1, s));
+        c.run(4);
+    }
+    c.nodes[l].compact(None, 5).unwrap().expect("compacts");
+    let st = c.nodes[l].status(c.t());
+    assert_eq!(st.needs_rebuild, vec![c.nodes[lagging].id()], "{st:?}");
+    c.cut[lagging] = false;
+    c.run(200);
+    assert!(
+        c.events
+            .iter()
+            .any(|(i, e)| *i == lagging && matches!(e, LogEvent::SnapshotInstalled { .. })),
+        "{:?}",
+        c.events
+    );
+    let st = c.nodes[lagging].status(c.t());
+    assert!(st.self_needs_rebuild);
+    assert_eq!(st.last_gtid, Some(Gtid::new(0, 1, 20)));
+    assert!(
+        st.vote_hold_off_remaining.is_some(),
+        "hold-off restarts at a snapshot install"
+    );
+    // The gap flag survives a restart until cleared.
+    let cfg_l = c.nodes[lagging].config().clone();
+    let store = std::mem::replace(
+        &mut c.nodes[lagging],
+        LogCore::new(cfg(9, 3), MemStore::new(), BootInstant(0)).unwrap(),
+    )
+    .into_store()
+    .crash();
+    let now = c.t();
+    c.nodes[lagging] = LogCore::new(cfg_l, store, now).unwrap();
+    assert!(c.nodes[lagging].status(now).self_needs_rebuild);
+    c.nodes[lagging].clear_needs_rebuild().unwrap();
+    assert!(!c.nodes[lagging].status(now).self_needs_rebuild);
+}

@@ -1,0 +1,133 @@
+//! The admin HTTP server: `/status` (JSON, stable field names that scripts depend on) and
+//! `/metrics` (Prometheus text).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// One node's view of itself, served as `/status`. Field names are part of the interface:
+/// `quorumsql status --json` and operators' scripts read them. Add fields; never rename.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: u64,
+    /// What this node's mariadbd is: `starting`, `replica`, `promoting`, `master`, `fenced`,
+    /// `diverged`, `rebuilding`, `log-only`.
+    pub role: String,
+    /// The node the newest applied `MasterReady` names, if any.
+    pub master: Option<u64>,
+    pub epoch: u64,
+    pub raft_term: u64,
+    pub raft_leader: Option<u64>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    /// Last GTID accepted into the global binlog, as this node knows it.
+    pub last_gtid: Option<String>,
+    /// `@@gtid_binlog_pos` of this node's mariadbd, when it answers.
+    pub applied_gtid: Option<String>,
+    /// Milliseconds of lease left (master only).
+    pub lease_remaining_ms: Option<u64>,
+    pub healthy: bool,
+    /// Human-readable reasons this node is not healthy, each with what to do.
+    pub problems: Vec<String>,
+    /// The `quorumsql node` process and its mariadbd child.
+    pub pid: u32,
+    pub mariadb_pid: Option<u32>,
+    pub peers: Vec<PeerStatus>,
+}
+
+/// What this node knows about one peer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub id: u64,
+    pub reachable: bool,
+    /// Raft match index (only known on the leader).
+    pub match_index: Option<u64>,
+}
+
+/// Produces the current status on demand.
+pub type StatusFn = Arc<dyn Fn() -> NodeStatus + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("cannot listen on admin address {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admin server on {addr} failed: {source}")]
+    Serve {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds the admin port now (so a busy port fails the start) and returns the server future.
+pub async fn bind(
+    addr: SocketAddr,
+    status: StatusFn,
+    shutdown: CancellationToken,
+) -> Result<impl std::future::Future<Output = Result<(), AdminError>>, AdminError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| AdminError::Bind { addr, source })?;
+    let app = Router::new()
+        .route("/status", get(get_status))
+        .route("/metrics", get(get_metrics))
+        .with_state(status);
+    Ok(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .map_err(|source| AdminError::Serve { addr, source })
+    })
+}
+
+async fn get_status(State(status): State<StatusFn>) -> Json<NodeStatus> {
+    Json(status())
+}
+
+async fn get_metrics(State(status): State<StatusFn>) -> Response {
+    let s = status();
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: f64| {
+        out.push_str(&format!(
+            "# HELP quorumsql_{name} {help}\n# TYPE quorumsql_{name} gauge\nquorumsql_{name}{{node=\"{}\"}} {value}\n",
+            s.id
+        ));
+    };
+    gauge("raft_term", "Current raft term.", s.raft_term as f64);
+    gauge("commit_index", "Raft commit index.", s.commit_index as f64);
+    gauge("applied_index", "Raft applied index.", s.applied_index as f64);
+    gauge("epoch", "Current master epoch.", s.epoch as f64);
+    gauge(
+        "is_master",
+        "1 if this node is the master.",
+        if s.role == "master" { 1.0 } else { 0.0 },
+    );
+    gauge(
+        "healthy",
+        "1 if this node is healthy.",
+        if s.healthy { 1.0 } else { 0.0 },
+    );
+    gauge(
+        "lease_remaining_seconds",
+        "Lease left on the master.",
+        s.lease_remaining_ms.unwrap_or(0) as f64 / 1000.0,
+    );
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        out,
+    )
+        .into_response()
+}

@@ -1,0 +1,91 @@
+//! A dedicated thread that forks mariadbd (and mariadb-install-db) with
+//! `PR_SET_PDEATHSIG=SIGKILL`.
+//!
+//! The parent-death signal fires when the *thread* that forked the child exits, not the
+//! process (prctl(2)). Forking from a tokio `spawn_blocking` thread, or any short-lived thread,
+//! would SIGKILL mariadbd as soon as that thread retires. So every fork happens on this one
+//! thread, which lives as long as its [`Launcher`] value: until the supervisor is dropped or the
+//! daemon process dies, and in both cases mariadbd must die too (design-review 24).
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use super::error::MariadbError;
+
+type Reply = mpsc::Sender<std::io::Result<Child>>;
+
+/// Owner of the forking thread.
+#[derive(Debug)]
+pub(crate) struct Launcher {
+    requests: Option<mpsc::Sender<(Command, Reply)>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Launcher {
+    pub(crate) fn new() -> Result<Self, MariadbError> {
+        let (tx, rx) = mpsc::channel::<(Command, Reply)>();
+        let thread = std::thread::Builder::new()
+            .name("mariadbd-launcher".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(spawn_with_pdeathsig(&mut cmd));
+                }
+            })
+            .map_err(|e| MariadbError::Spawn {
+                program: "mariadbd-launcher thread".into(),
+                source: e,
+            })?;
+        Ok(Launcher {
+            requests: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Spawns `cmd` from the launcher thread. `Ok(Err(_))` is the fork/exec error.
+    pub(crate) fn spawn(&self, cmd: Command) -> Result<std::io::Result<Child>, MariadbError> {
+        let (reply_tx, reply_rx) = mpsc::channel();
+        self.requests
+            .as_ref()
+            .ok_or(MariadbError::LauncherGone)?
+            .send((cmd, reply_tx))
+            .map_err(|_| MariadbError::LauncherGone)?;
+        reply_rx.recv().map_err(|_| MariadbError::LauncherGone)
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        self.requests.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn spawn_with_pdeathsig(cmd: &mut Command) -> std::io::Result<Child> {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
+    // functions (prctl, getppid); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl: then no signal will ever come.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("parent exited before exec"));
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}

@@ -1,0 +1,154 @@
+//! Counters the admin endpoint exports: connections open and total per port, bytes, errors by
+//! kind, routing changes. Relaxed atomics: they are statistics, not synchronisation.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why a connection got an error or was closed by the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    TooManyConnections,
+    HandshakeTimeout,
+    BadHandshake,
+    TlsRequested,
+    IdleTimeout,
+    NoMaster,
+    /// A peer stream arrived at a node that is not the master (never re-forwarded).
+    NotMaster,
+    RoUnavailable,
+    LeaseLost,
+    MasterChanged,
+    Killed,
+    Refused,
+    BackendConnect,
+    PeerDial,
+    BadPeerHeader,
+    Io,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 16] = [
+        ErrorKind::TooManyConnections,
+        ErrorKind::HandshakeTimeout,
+        ErrorKind::BadHandshake,
+        ErrorKind::TlsRequested,
+        ErrorKind::IdleTimeout,
+        ErrorKind::NoMaster,
+        ErrorKind::NotMaster,
+        ErrorKind::RoUnavailable,
+        ErrorKind::LeaseLost,
+        ErrorKind::MasterChanged,
+        ErrorKind::Killed,
+        ErrorKind::Refused,
+        ErrorKind::BackendConnect,
+        ErrorKind::PeerDial,
+        ErrorKind::BadPeerHeader,
+        ErrorKind::Io,
+    ];
+
+    /// Stable label for exporters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::TooManyConnections => "too_many_connections",
+            ErrorKind::HandshakeTimeout => "handshake_timeout",
+            ErrorKind::BadHandshake => "bad_handshake",
+            ErrorKind::TlsRequested => "tls_requested",
+            ErrorKind::IdleTimeout => "idle_timeout",
+            ErrorKind::NoMaster => "no_master",
+            ErrorKind::NotMaster => "not_master",
+            ErrorKind::RoUnavailable => "ro_unavailable",
+            ErrorKind::LeaseLost => "lease_lost",
+            ErrorKind::MasterChanged => "master_changed",
+            ErrorKind::Killed => "killed",
+            ErrorKind::Refused => "refused",
+            ErrorKind::BackendConnect => "backend_connect",
+            ErrorKind::PeerDial => "peer_dial",
+            ErrorKind::BadPeerHeader => "bad_peer_header",
+            ErrorKind::Io => "io",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Counters of one port.
+#[derive(Debug, Default)]
+pub struct PortMetrics {
+    pub(crate) open: AtomicU64,
+    pub(crate) total: AtomicU64,
+    pub(crate) bytes_from_clients: AtomicU64,
+    pub(crate) bytes_to_clients: AtomicU64,
+    pub(crate) errors: [AtomicU64; ErrorKind::ALL.len()],
+}
+
+impl PortMetrics {
+    pub(crate) fn error(&self, kind: ErrorKind) {
+        self.errors[kind.index()].fetch_add(1, Relaxed);
+    }
+
+    fn snapshot(&self) -> PortMetricsSnapshot {
+        PortMetricsSnapshot {
+            open: self.open.load(Relaxed),
+            total: self.total.load(Relaxed),
+            bytes_from_clients: self.bytes_from_clients.load(Relaxed),
+            bytes_to_clients: self.bytes_to_clients.load(Relaxed),
+            errors: ErrorKind::ALL
+                .iter()
+                .map(|k| (*k, self.errors[k.index()].load(Relaxed)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        }
+    }
+}
+
+/// All proxy counters. Sessions from other nodes' proxies count under `peer_rw` / `peer_ro`.
+#[derive(Debug, Default)]
+pub struct ProxyMetrics {
+    pub(crate) rw: PortMetrics,
+    pub(crate) ro: PortMetrics,
+    pub(crate) peer_rw: PortMetrics,
+    pub(crate) peer_ro: PortMetrics,
+    pub(crate) routing_changes: AtomicU64,
+}
+
+impl ProxyMetrics {
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            rw: self.rw.snapshot(),
+            ro: self.ro.snapshot(),
+            peer_rw: self.peer_rw.snapshot(),
+            peer_ro: self.peer_ro.snapshot(),
+            routing_changes: self.routing_changes.load(Relaxed),
+        }
+    }
+}
+
+/// A copy of one port's counters; `errors` lists only kinds that occurred.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PortMetricsSnapshot {
+    pub open: u64,
+    pub total: u64,
+    pub bytes_from_clients: u64,
+    pub bytes_to_clients: u64,
+    pub errors: Vec<(ErrorKind, u64)>,
+}
+
+impl PortMetricsSnapshot {
+    pub fn errors_of(&self, kind: ErrorKind) -> u64 {
+        self.errors
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
+/// A copy of all counters.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MetricsSnapshot {
+    pub rw: PortMetricsSnapshot,
+    pub ro: PortMetricsSnapshot,
+    pub peer_rw: PortMetricsSnapshot,
+    pub peer_ro: PortMetricsSnapshot,
+    pub routing_changes: u64,
+}

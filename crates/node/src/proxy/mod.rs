@@ -1,0 +1,180 @@
+//! The client ports: RW and RO (DESIGN §2 step 1, §3 forwarding rule, §4).
+//!
+//! - **RW port** on every node. On the master the proxy connects to the local mariadbd, writes a
+//!   PROXY v2 header carrying the client's address, and relays; before forwarding *each* client
+//!   packet it asks [`RouteOracle::may_forward`] (leader of the master's term, `MasterReady`
+//!   applied, not transferring, lease held) and answers with an ERR and closes when the answer is
+//!   no. On other nodes it forwards the connection over an authenticated peer stream to the
+//!   master's proxy ([`PeerDialer`]), sending a PROXY v2 header first; that forwarding proxy
+//!   checks nothing itself, never retries, and a proxy never re-forwards a connection that came
+//!   from another proxy ([`ProxyHandle::serve_peer_stream`]).
+//! - **RO port**: relays to the local replica; refuses new connections while the replica is
+//!   diverged, rebuilding or behind ([`RoRoute::Refuse`]); on the master it forwards to a replica.
+//!
+//! Error codes the proxy sends (SQLSTATE class 08 = connection exception, so pools reconnect):
+//! - 1053 / 08S01: no master right now (election, promotion), or this node cannot route; nothing
+//!   was executed; retry. Sent within `ProxyLimits::no_master_wait` of the connect.
+//! - 1053 / 08007 ("transaction resolution unknown"): the master changed or its lease lapsed
+//!   while the connection was open; a statement in flight, a COMMIT in particular, may or may not
+//!   have committed.
+//! - 1927 / 08007: closed by `KILL` through the proxy (outcome of its statement unknown).
+//! - 1040 / 08004 too many connections; 1043 / 08S01 bad or stalled handshake or a TLS request;
+//!   1159 / 08S01 idle timeout; 1235 / 42000 statement refused (the connection stays open).
+//!
+//! `CONNECTION_ID()` and the greeting's thread id are mariadbd's own thread id on the master (the
+//! greeting is relayed), so `KILL n` with an id a client read from `CONNECTION_ID()` or
+//! `SHOW PROCESSLIST` names the proxy session whose backend connection has that id. After a
+//! failover ids belong to the new master's mariadbd; old ids are unknown there.
+
+mod metrics;
+pub mod mysql;
+pub mod proxy_v2;
+mod registry;
+mod relay;
+mod server;
+pub mod statement;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use quorumsql_peer::NodeId;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+pub use metrics::{ErrorKind, MetricsSnapshot, PortMetricsSnapshot, ProxyMetrics};
+pub use server::{ProxyError, ProxyHandle};
+
+/// Which client port a session belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PortKind {
+    Rw,
+    Ro,
+}
+
+impl PortKind {
+    pub(crate) fn tlv_byte(self) -> u8 {
+        match self {
+            PortKind::Rw => b'W',
+            PortKind::Ro => b'R',
+        }
+    }
+
+    pub(crate) fn from_tlv_byte(b: u8) -> Option<Self> {
+        match b {
+            b'W' => Some(PortKind::Rw),
+            b'R' => Some(PortKind::Ro),
+            _ => None,
+        }
+    }
+}
+
+/// The master epoch: the raft term T of the node's `MasterReady{node, T}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MasterEpoch(pub u64);
+
+/// Where a new RW connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RwRoute {
+    /// This node is the master of `master_epoch`: relay to the local mariadbd.
+    Local { master_epoch: MasterEpoch },
+    /// Another node is the master: forward the connection to its proxy.
+    Forward { to: NodeId },
+    /// No master right now (election, promotion in progress, this node cut off).
+    Unavailable {
+        reason: String,
+        retry_after: Duration,
+    },
+}
+
+/// Where a new RO connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoRoute {
+    /// The local mariadbd is a healthy replica: relay to it.
+    Local,
+    /// This node is the master: forward to a replica.
+    Forward { to: NodeId },
+    /// The local replica is diverged, rebuilding or too far behind (the reason says which).
+    Refuse { reason: String },
+}
+
+/// The proxy's view of the cluster, implemented by the node over the log (the lead wires it).
+/// Every method is called on the hot path or per connection: it must be cheap and never block.
+pub trait RouteOracle: Send + Sync + 'static {
+    /// Routing for a new RW connection.
+    fn rw_route(&self) -> RwRoute;
+    /// The forwarding rule (DESIGN §3), asked before forwarding each client packet of a local RW
+    /// session opened under `epoch`: raft leader in term `epoch`, `MasterReady{self, epoch}`
+    /// applied, not transferring leadership, lease valid now.
+    fn may_forward(&self, epoch: MasterEpoch) -> bool;
+    /// Routing for a new RO connection.
+    fn ro_route(&self) -> RoRoute;
+    /// A generation counter bumped whenever the RW routing changes (new `MasterReady` applied,
+    /// this node demoted or fenced). Every RW session opened under an older generation is closed
+    /// with "outcome unknown".
+    fn subscribe_master_changes(&self) -> watch::Receiver<u64>;
+}
+
+/// A boxed future returned by [`PeerDialer::open`].
+pub type DialFuture<'a> = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send + 'a>>;
+
+/// Opens an authenticated stream to another node's proxy (`PeerNet::open_stream(to,
+/// StreamPurpose::Proxy)` in the node; plain TCP in tests). The receiving node hands the stream
+/// to [`ProxyHandle::serve_peer_stream`].
+pub trait PeerDialer: Send + Sync + 'static {
+    fn open(&self, to: NodeId) -> DialFuture<'_>;
+}
+
+/// Addresses and limits of the proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// Client RW port (port 0 picks a free one; see [`ProxyHandle::rw_addr`]).
+    pub rw_listen: SocketAddr,
+    /// Client RO port.
+    pub ro_listen: SocketAddr,
+    /// The local mariadbd's TCP address (127.0.0.1; `proxy_protocol_networks` must cover the
+    /// proxy's source address).
+    pub mariadb_addr: SocketAddr,
+    pub limits: ProxyLimits,
+}
+
+/// Per-port limits and timeouts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyLimits {
+    /// Open client connections per port (RW, RO); the excess gets ERR 1040.
+    pub max_connections_rw: usize,
+    pub max_connections_ro: usize,
+    /// Sessions arriving from other nodes' proxies (they also hold a mariadbd connection).
+    pub max_connections_peer: usize,
+    /// From accept until the handshake is done (the server's OK).
+    pub handshake_timeout: Duration,
+    /// No byte in either direction for this long closes the session with ERR 1159.
+    pub idle_timeout: Duration,
+    /// How long a new RW connection waits for a master before ERR 1053.
+    pub no_master_wait: Duration,
+    /// Connecting to mariadbd or to the master's proxy.
+    pub connect_timeout: Duration,
+    /// Relay buffer size; buffers are pooled and held only while data flows.
+    pub buffer_size: usize,
+    /// Let clients use multi-statements (only the first statement of a packet is inspected, so
+    /// this opens a hole in the KILL/XA/SHUTDOWN refusals; off by default).
+    pub allow_multi_statements: bool,
+}
+
+impl Default for ProxyLimits {
+    fn default() -> Self {
+        ProxyLimits {
+            max_connections_rw: 4096,
+            max_connections_ro: 4096,
+            max_connections_peer: 8192,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(8 * 3600),
+            no_master_wait: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            buffer_size: 64 * 1024,
+            allow_multi_statements: false,
+        }
+    }
+}

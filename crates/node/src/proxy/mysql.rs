@@ -1,0 +1,312 @@
+//! The few MySQL protocol facts the relay needs: packet headers, the greeting's capability bits and
+//! connection id, the handshake response's user name, command bytes, and the ERR/OK packets the
+//! proxy writes itself.
+//!
+//! TODO(wire): `quorumsql_wire` grows the full codecs (handshake, ERR/OK); this module works on
+//! borrowed slices in place instead, because the relay patches a few bits of packets it never
+//! decodes and must not allocate per packet.
+
+/// Length of a packet header: 3-byte little-endian payload length and a sequence id.
+pub const HEADER_LEN: usize = 4;
+/// Largest payload of one physical packet; a chunk of exactly this size is continued.
+pub const MAX_CHUNK: usize = 0xFF_FFFF;
+
+/// Capability bits the relay touches.
+pub mod caps {
+    pub const COMPRESS: u32 = 1 << 5;
+    pub const PROTOCOL_41: u32 = 1 << 9;
+    pub const SSL: u32 = 1 << 11;
+    pub const MULTI_STATEMENTS: u32 = 1 << 16;
+}
+
+/// Command bytes (first payload byte of a command packet).
+pub mod com {
+    pub const QUIT: u8 = 0x01;
+    pub const QUERY: u8 = 0x03;
+    pub const REFRESH: u8 = 0x07;
+    pub const SHUTDOWN: u8 = 0x08;
+    pub const PROCESS_KILL: u8 = 0x0C;
+    pub const CHANGE_USER: u8 = 0x11;
+    pub const BINLOG_DUMP: u8 = 0x12;
+    pub const REGISTER_SLAVE: u8 = 0x15;
+    pub const STMT_PREPARE: u8 = 0x16;
+    pub const SET_OPTION: u8 = 0x1B;
+    pub const BINLOG_DUMP_GTID: u8 = 0x1E;
+}
+
+/// `COM_SET_OPTION` argument that turns multi-statements on.
+pub const MYSQL_OPTION_MULTI_STATEMENTS_ON: u16 = 0;
+
+/// Parses a packet header: (payload length, sequence id).
+pub fn parse_header(h: &[u8; HEADER_LEN]) -> (usize, u8) {
+    (
+        usize::from(h[0]) | usize::from(h[1]) << 8 | usize::from(h[2]) << 16,
+        h[3],
+    )
+}
+
+/// What the proxy learned from (and changed in) the server greeting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GreetingInfo {
+    /// mariadbd's thread id for this connection; `CONNECTION_ID()` returns the same number.
+    pub connection_id: u32,
+}
+
+/// Why a greeting could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GreetingError {
+    #[error("server greeting has protocol version {0}, expected 10")]
+    Protocol(u8),
+    #[error("server greeting is truncated")]
+    Truncated,
+}
+
+/// Reads the connection id from a protocol-10 greeting payload and clears `clear_caps` from its
+/// capability flags in place (so the client never negotiates TLS or compression through a relay
+/// that does not speak them).
+pub fn patch_greeting(payload: &mut [u8], clear_caps: u32) -> Result<GreetingInfo, GreetingError> {
+    let proto = *payload.first().ok_or(GreetingError::Truncated)?;
+    if proto != 10 {
+        return Err(GreetingError::Protocol(proto));
+    }
+    let nul = payload[1..]
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(GreetingError::Truncated)?;
+    // version NUL, connection id (4), scramble part 1 (8), filler (1), caps low (2),
+    // charset (1), status (2), caps high (2).
+    let id_at = 1 + nul + 1;
+    let caps_lo = id_at + 4 + 8 + 1;
+    let caps_hi = caps_lo + 2 + 1 + 2;
+    if payload.len() < caps_hi + 2 {
+        return Err(GreetingError::Truncated);
+    }
+    let connection_id = u32::from_le_bytes([
+        payload[id_at],
+        payload[id_at + 1],
+        payload[id_at + 2],
+        payload[id_at + 3],
+    ]);
+    let lo = u16::from_le_bytes([payload[caps_lo], payload[caps_lo + 1]]) & !(clear_caps as u16);
+    let hi =
+        u16::from_le_bytes([payload[caps_hi], payload[caps_hi + 1]]) & !((clear_caps >> 16) as u16);
+    payload[caps_lo..caps_lo + 2].copy_from_slice(&lo.to_le_bytes());
+    payload[caps_hi..caps_hi + 2].copy_from_slice(&hi.to_le_bytes());
+    Ok(GreetingInfo { connection_id })
+}
+
+/// Bytes of a handshake response the proxy looks at: caps (4), max packet (4), charset (1),
+/// filler (23), then the NUL-terminated user name (at most 128 characters in MariaDB, in utf8).
+pub const HANDSHAKE_RESPONSE_HEAD: usize = 32 + 512 + 1;
+
+/// The client's handshake response as the proxy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientHello {
+    /// The short packet a client sends before switching to TLS.
+    SslRequest,
+    /// A handshake response; `user` is `None` when it did not fit the inspected head.
+    Response { user: Option<String> },
+    /// Not a protocol-4.1 handshake response.
+    Malformed,
+}
+
+/// Inspects the head of the client's first packet, clearing `clear_caps` in place.
+pub fn patch_handshake_response(head: &mut [u8], total_len: usize, clear_caps: u32) -> ClientHello {
+    if head.len() < 4 {
+        return ClientHello::Malformed;
+    }
+    let caps = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    if caps & caps::PROTOCOL_41 == 0 || total_len < 32 {
+        return ClientHello::Malformed;
+    }
+    if caps & caps::SSL != 0 && total_len == 32 {
+        return ClientHello::SslRequest;
+    }
+    head[0..4].copy_from_slice(&(caps & !clear_caps).to_le_bytes());
+    let user = head.get(32..).and_then(|rest| {
+        let end = rest.iter().position(|&b| b == 0)?;
+        std::str::from_utf8(&rest[..end]).ok().map(str::to_owned)
+    });
+    ClientHello::Response { user }
+}
+
+/// A MariaDB error the proxy answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlError {
+    pub code: u16,
+    pub state: &'static [u8; 5],
+}
+
+/// `ER_CON_COUNT_ERROR`: too many connections.
+pub const ER_CON_COUNT: SqlError = SqlError {
+    code: 1040,
+    state: b"08004",
+};
+/// `ER_HANDSHAKE_ERROR`: bad handshake (garbage, TLS request, stalled handshake).
+pub const ER_HANDSHAKE: SqlError = SqlError {
+    code: 1043,
+    state: b"08S01",
+};
+/// `ER_SERVER_SHUTDOWN` with SQLSTATE 08S01 (communication link failure): the proxy's
+/// retryable "no master right now / not here" code. Drivers and pools treat both as "reconnect
+/// and retry": nothing was executed.
+pub const ER_NO_MASTER: SqlError = SqlError {
+    code: 1053,
+    state: b"08S01",
+};
+/// `ER_SERVER_SHUTDOWN` with SQLSTATE 08007 ("transaction resolution unknown"): the connection is
+/// gone and a statement in flight (a COMMIT in particular) may or may not have committed.
+pub const ER_OUTCOME_UNKNOWN: SqlError = SqlError {
+    code: 1053,
+    state: b"08007",
+};
+/// `ER_CONNECTION_KILLED` with SQLSTATE 08007: closed by a `KILL` through the proxy.
+pub const ER_CONNECTION_KILLED: SqlError = SqlError {
+    code: 1927,
+    state: b"08007",
+};
+/// `ER_NET_READ_INTERRUPTED`: closed after the idle timeout.
+pub const ER_IDLE: SqlError = SqlError {
+    code: 1159,
+    state: b"08S01",
+};
+/// `ER_NOT_SUPPORTED_YET` (42000): statement or command refused by the proxy; the connection
+/// stays open.
+pub const ER_REFUSED: SqlError = SqlError {
+    code: 1235,
+    state: b"42000",
+};
+/// `ER_NO_SUCH_THREAD`.
+pub const ER_NO_SUCH_THREAD: SqlError = SqlError {
+    code: 1094,
+    state: b"HY000",
+};
+/// `ER_KILL_DENIED_ERROR`.
+pub const ER_KILL_DENIED: SqlError = SqlError {
+    code: 1095,
+    state: b"HY000",
+};
+/// `ER_SERVER_SHUTDOWN` / 08S01 for replica-state refusals on the RO port (diverged,
+/// rebuilding, behind): pools reconnect, preferably elsewhere.
+pub const ER_RO_UNAVAILABLE: SqlError = SqlError {
+    code: 1053,
+    state: b"08S01",
+};
+
+/// Appends a whole ERR packet (header included) with sequence id `seq`. Messages longer than
+/// 512 bytes are cut (MariaDB's own limit is similar).
+pub fn put_err_packet(out: &mut Vec<u8>, seq: u8, err: SqlError, message: &str) {
+    let mut msg = message.as_bytes();
+    if msg.len() > 512 {
+        let mut cut = 512;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        msg = &msg[..cut];
+    }
+    let len = 1 + 2 + 1 + 5 + msg.len();
+    out.extend_from_slice(&(len as u32).to_le_bytes()[..3]);
+    out.push(seq);
+    out.push(0xFF);
+    out.extend_from_slice(&err.code.to_le_bytes());
+    out.push(b'#');
+    out.extend_from_slice(err.state);
+    out.extend_from_slice(msg);
+}
+
+/// An ERR packet as bytes (not on the hot path).
+pub fn err_packet(seq: u8, err: SqlError, message: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 + message.len());
+    put_err_packet(&mut v, seq, err, message);
+    v
+}
+
+/// An OK packet with no affected rows, autocommit status and no warnings.
+pub fn ok_packet(seq: u8) -> Vec<u8> {
+    vec![7, 0, 0, seq, 0x00, 0, 0, 0x02, 0x00, 0, 0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A greeting captured from mariadbd 10.11.19 (connection id 5, SSL not offered).
+    fn greeting() -> Vec<u8> {
+        let mut p = vec![10u8];
+        p.extend_from_slice(b"5.5.5-10.11.19-MariaDB-log\0");
+        p.extend_from_slice(&5u32.to_le_bytes());
+        p.extend_from_slice(b"abcdefgh");
+        p.push(0);
+        p.extend_from_slice(&0xFFFFu16.to_le_bytes()); // caps low incl. SSL + COMPRESS
+        p.push(45);
+        p.extend_from_slice(&2u16.to_le_bytes());
+        p.extend_from_slice(&0x81BFu16.to_le_bytes()); // caps high incl. MULTI_STATEMENTS
+        p.push(21);
+        p.extend_from_slice(&[0; 6]);
+        p.extend_from_slice(&[0; 4]);
+        p.extend_from_slice(b"ijklmnopqrst\0mysql_native_password\0");
+        p
+    }
+
+    #[test]
+    fn greeting_patch_clears_ssl_and_compress_and_reads_the_connection_id() {
+        let mut g = greeting();
+        let info = patch_greeting(&mut g, caps::SSL | caps::COMPRESS).unwrap();
+        assert_eq!(info.connection_id, 5);
+        let at = 1 + 27 + 4 + 8 + 1;
+        let lo = u16::from_le_bytes([g[at], g[at + 1]]);
+        assert_eq!(u32::from(lo) & (caps::SSL | caps::COMPRESS), 0);
+        assert_eq!(lo, 0xFFFF ^ 0x800 ^ 0x20);
+        assert_eq!(
+            patch_greeting(&mut g[..20], 0),
+            Err(GreetingError::Truncated)
+        );
+        assert_eq!(
+            patch_greeting(&mut [9u8, 0, 0], 0),
+            Err(GreetingError::Protocol(9))
+        );
+        assert_eq!(patch_greeting(&mut [], 0), Err(GreetingError::Truncated));
+    }
+
+    #[test]
+    fn handshake_response_user_and_ssl_request() {
+        let mut r = Vec::new();
+        r.extend_from_slice(&(caps::PROTOCOL_41 | caps::MULTI_STATEMENTS).to_le_bytes());
+        r.extend_from_slice(&[0; 28]);
+        r.extend_from_slice(b"app\0\x14");
+        let total = r.len();
+        assert_eq!(
+            patch_handshake_response(&mut r, total, caps::MULTI_STATEMENTS),
+            ClientHello::Response {
+                user: Some("app".into())
+            }
+        );
+        assert_eq!(
+            u32::from_le_bytes([r[0], r[1], r[2], r[3]]),
+            caps::PROTOCOL_41
+        );
+        let mut ssl = (caps::PROTOCOL_41 | caps::SSL).to_le_bytes().to_vec();
+        ssl.extend_from_slice(&[0; 28]);
+        assert_eq!(
+            patch_handshake_response(&mut ssl, 32, 0),
+            ClientHello::SslRequest
+        );
+        assert_eq!(
+            patch_handshake_response(&mut [1, 2], 2, 0),
+            ClientHello::Malformed
+        );
+    }
+
+    #[test]
+    fn err_packet_layout() {
+        let p = err_packet(2, ER_NO_MASTER, "no master");
+        assert_eq!(&p[..4], &[(1 + 2 + 1 + 5 + 9) as u8, 0, 0, 2]);
+        assert_eq!(p[4], 0xFF);
+        assert_eq!(u16::from_le_bytes([p[5], p[6]]), 1053);
+        assert_eq!(&p[7..13], b"#08S01");
+        assert_eq!(&p[13..], b"no master");
+        let long = "é".repeat(400);
+        let p = err_packet(0, ER_REFUSED, &long);
+        assert!(std::str::from_utf8(&p[13..]).is_ok());
+    }
+}

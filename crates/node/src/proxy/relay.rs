@@ -1,0 +1,923 @@
+//! One session's relay: bytes flow unchanged in both directions, framed just enough to know
+//! where packets start.
+//!
+//! Client → backend: the head of a packet is looked at before any of its bytes are forwarded:
+//! the handshake response (TLS requests refused, compression and multi-statements switched
+//! off), and in the command phase every packet with sequence id 0 that starts a command (what
+//! the proxy refuses, DESIGN §4). On the master, [`RouteOracle::may_forward`] is asked before
+//! every chunk. The rest of a packet streams through, so a large payload is never buffered.
+//!
+//! Backend → client: the greeting (the connection id; TLS and compression switched off), the end
+//! of the authentication (OK), and `LOCAL INFILE` requests, whose file data the client then sends
+//! with sequence ids that may wrap to 0 and must not be read as commands.
+//!
+//! Both directions read into pooled buffers only while data is ready (`readable()` then
+//! `try_read`), so an idle session holds no relay buffer. Everything of a session runs in one
+//! task; the per-session state is a few atomics.
+
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::time::Duration;
+
+use parking_lot::Mutex as SyncMutex;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Mutex};
+use tokio::time::Instant;
+
+use super::metrics::{ErrorKind, PortMetrics};
+use super::mysql::{self, caps, com, parse_header, ClientHello, SqlError, HEADER_LEN, MAX_CHUNK};
+use super::registry::{CloseReason, KillOutcome, Registry, SessionControl};
+use super::statement::{self, Verdict};
+use super::{MasterEpoch, PortKind, ProxyLimits, RouteOracle};
+
+/// Largest packet a client may send before the handshake is done (connect attributes and auth
+/// data included).
+const HANDSHAKE_MAX_PACKET: usize = 64 * 1024;
+/// Greeting bytes looked at (its fixed fields are in the first ~60).
+const GREETING_HEAD: usize = 1024;
+/// Bound on writing the final ERR packet to a client that does not read.
+const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Relay buffers, reused across sessions; a session holds one only while bytes are flowing.
+#[derive(Debug)]
+pub(crate) struct BufferPool {
+    size: usize,
+    max_pooled: usize,
+    free: SyncMutex<Vec<Box<[u8]>>>,
+}
+
+impl BufferPool {
+    pub(crate) fn new(size: usize, max_pooled: usize) -> Self {
+        BufferPool {
+            size: size.max(HEADER_LEN + 1),
+            max_pooled,
+            free: SyncMutex::new(Vec::new()),
+        }
+    }
+
+    fn take(&self) -> Box<[u8]> {
+        self.free
+            .lock()
+            .pop()
+            .unwrap_or_else(|| vec![0u8; self.size].into_boxed_slice())
+    }
+
+    fn put(&self, buf: Box<[u8]>) {
+        let mut free = self.free.lock();
+        if free.len() < self.max_pooled {
+            free.push(buf);
+        }
+    }
+}
+
+/// How a session reaches mariadbd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Relays to the local mariadbd and applies every check; `epoch` is set on the RW port.
+    Local {
+        port: PortKind,
+        epoch: Option<MasterEpoch>,
+    },
+    /// Forwards to another node's proxy, which applies the checks; this side checks nothing.
+    Pipe,
+}
+
+pub(crate) struct RelayCtx<'a> {
+    pub(crate) mode: Mode,
+    pub(crate) oracle: &'a dyn RouteOracle,
+    pub(crate) ctl: &'a SessionControl,
+    pub(crate) registry: &'a Registry,
+    pub(crate) pool: &'a BufferPool,
+    pub(crate) metrics: &'a PortMetrics,
+    pub(crate) limits: &'a ProxyLimits,
+    pub(crate) started: Instant,
+}
+
+const PHASE_GREETING: u8 = 0;
+const PHASE_AUTH: u8 = 1;
+const PHASE_COMMAND: u8 = 2;
+
+/// State both directions of one session read and write (same task; atomics only so that the
+/// task is `Send`).
+struct Shared {
+    phase: AtomicU8,
+    /// Sequence id that follows the last chunk seen in either direction (for injected ERRs).
+    next_seq: AtomicU8,
+    /// Everything written to the client ends at a packet boundary.
+    s2c_boundary: AtomicBool,
+    /// The client is sending `LOAD DATA LOCAL` file contents.
+    local_infile: AtomicBool,
+    last_cmd: AtomicU8,
+    hello_seen: AtomicBool,
+    /// Milliseconds since `started` of the last byte read in either direction.
+    last_activity_ms: AtomicU64,
+}
+
+/// A reply the proxy sends instead of forwarding a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reply {
+    Ok,
+    Err(SqlError, String),
+}
+
+enum Action {
+    Forward,
+    /// Drop the packet; answer with the reply once all of it has been read.
+    Skip(Option<Reply>),
+    Close(CloseReason),
+}
+
+/// One direction's packet decisions and output.
+trait Direction {
+    /// Payload bytes needed before deciding on a chunk (capped at the chunk length).
+    fn want(&self, sh: &Shared, len: usize, seq: u8, first: bool) -> usize;
+    fn decide(&mut self, sh: &Shared, head: &mut [u8], len: usize, seq: u8, first: bool) -> Action;
+    /// Writes relayed bytes; `boundary` says whether they end at a packet boundary.
+    fn forward(
+        &mut self,
+        sh: &Shared,
+        bytes: &[u8],
+        boundary: bool,
+    ) -> impl Future<Output = Result<(), CloseReason>> + Send;
+    /// Answers the client instead of forwarding (client direction only).
+    fn reply(
+        &mut self,
+        sh: &Shared,
+        reply: Reply,
+        seq: u8,
+    ) -> impl Future<Output = Result<(), CloseReason>> + Send;
+}
+
+/// Packet framing state of one direction.
+#[derive(Default)]
+struct Framer {
+    /// Header and inspected payload prefix of a chunk that arrived split across reads.
+    head: Vec<u8>,
+    /// Payload bytes of the current chunk still to relay (or skip).
+    remaining: usize,
+    /// The current chunk is MAX_CHUNK long: the next one continues the same packet.
+    cont: bool,
+    /// The current packet is dropped (refused).
+    skipping: bool,
+    reply: Option<Reply>,
+    /// Sequence id of the current chunk.
+    seq: u8,
+}
+
+impl Framer {
+    fn at_boundary(&self) -> bool {
+        self.remaining == 0 && !self.cont
+    }
+
+    fn start_chunk(&mut self, len: usize, seq: u8, consumed: usize) {
+        self.remaining = len - consumed;
+        self.cont = len == MAX_CHUNK;
+        self.seq = seq;
+    }
+
+    /// Called when the current chunk is fully relayed or skipped.
+    async fn chunk_done<D: Direction>(
+        &mut self,
+        d: &mut D,
+        sh: &Shared,
+    ) -> Result<(), CloseReason> {
+        if self.cont {
+            return Ok(());
+        }
+        self.skipping = false;
+        if let Some(reply) = self.reply.take() {
+            d.reply(sh, reply, self.seq.wrapping_add(1)).await?;
+        }
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        action: Action,
+        len: usize,
+        seq: u8,
+        consumed: usize,
+    ) -> Result<bool, CloseReason> {
+        match action {
+            Action::Forward => {
+                self.start_chunk(len, seq, consumed);
+                Ok(true)
+            }
+            Action::Skip(reply) => {
+                self.start_chunk(len, seq, consumed);
+                self.skipping = true;
+                if reply.is_some() {
+                    self.reply = reply;
+                }
+                Ok(false)
+            }
+            Action::Close(r) => Err(r),
+        }
+    }
+
+    fn decide_chunk<D: Direction>(
+        &mut self,
+        d: &mut D,
+        sh: &Shared,
+        head: &mut [u8],
+        len: usize,
+        seq: u8,
+    ) -> Action {
+        let first = !self.cont;
+        sh.next_seq.store(seq.wrapping_add(1), Relaxed);
+        if !first && self.skipping {
+            return Action::Skip(None);
+        }
+        d.decide(sh, head, len, seq, first)
+    }
+
+    /// Relays one read's worth of bytes.
+    async fn feed<D: Direction>(
+        &mut self,
+        d: &mut D,
+        sh: &Shared,
+        data: &mut [u8],
+    ) -> Result<(), CloseReason> {
+        let n = data.len();
+        let mut i = 0;
+        // Start of the bytes not yet written that are to be forwarded as they are.
+        let mut run = 0;
+        while i < n {
+            if self.remaining > 0 {
+                let k = self.remaining.min(n - i);
+                if self.skipping {
+                    if run < i {
+                        d.forward(sh, &data[run..i], !self.cont).await?;
+                    }
+                    run = i + k;
+                }
+                i += k;
+                self.remaining -= k;
+                if self.remaining == 0 {
+                    self.chunk_done(d, sh).await?;
+                }
+                continue;
+            }
+            // A chunk starts at `i`. Fast path: its header and inspected head are all here.
+            if self.head.is_empty() && n - i >= HEADER_LEN {
+                let mut hdr = [0u8; HEADER_LEN];
+                hdr.copy_from_slice(&data[i..i + HEADER_LEN]);
+                let (len, seq) = parse_header(&hdr);
+                let want = self.want(d, sh, len, seq);
+                if n - i - HEADER_LEN >= want {
+                    let body = i + HEADER_LEN;
+                    let action = self.decide_chunk(d, sh, &mut data[body..body + want], len, seq);
+                    let boundary = !self.cont;
+                    match self.apply(action, len, seq, want) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            if run < i {
+                                d.forward(sh, &data[run..i], boundary).await?;
+                            }
+                            run = body + want;
+                        }
+                        Err(r) => {
+                            if run < i {
+                                d.forward(sh, &data[run..i], boundary).await?;
+                            }
+                            return Err(r);
+                        }
+                    }
+                    i = body + want;
+                    if self.remaining == 0 {
+                        self.chunk_done(d, sh).await?;
+                    }
+                    continue;
+                }
+            }
+            // Slow path: gather the header and head in `self.head`.
+            if run < i {
+                d.forward(sh, &data[run..i], !self.cont).await?;
+            }
+            if self.head.len() < HEADER_LEN {
+                let k = (HEADER_LEN - self.head.len()).min(n - i);
+                self.head.extend_from_slice(&data[i..i + k]);
+                i += k;
+                run = i;
+                if self.head.len() < HEADER_LEN {
+                    continue;
+                }
+            }
+            let mut hdr = [0u8; HEADER_LEN];
+            hdr.copy_from_slice(&self.head[..HEADER_LEN]);
+            let (len, seq) = parse_header(&hdr);
+            let want = self.want(d, sh, len, seq);
+            let have = self.head.len() - HEADER_LEN;
+            if have < want {
+                let k = (want - have).min(n - i);
+                self.head.extend_from_slice(&data[i..i + k]);
+                i += k;
+                run = i;
+                if self.head.len() - HEADER_LEN < want {
+                    continue;
+                }
+            }
+            let mut head = std::mem::take(&mut self.head);
+            let action = self.decide_chunk(d, sh, &mut head[HEADER_LEN..], len, seq);
+            let boundary = !self.cont;
+            let forward = self.apply(action, len, seq, want)?;
+            if forward {
+                d.forward(sh, &head, boundary && self.remaining == 0 && !self.cont)
+                    .await?;
+            }
+            head.clear();
+            // Keep a small scratch buffer; drop a big one so idle sessions stay small.
+            if head.capacity() <= 512 {
+                self.head = head;
+            }
+            if self.remaining == 0 {
+                self.chunk_done(d, sh).await?;
+            }
+        }
+        if run < n {
+            d.forward(sh, &data[run..n], self.at_boundary()).await?;
+        }
+        Ok(())
+    }
+
+    fn want<D: Direction>(&self, d: &D, sh: &Shared, len: usize, seq: u8) -> usize {
+        let first = !self.cont;
+        if !first && self.skipping {
+            return 0;
+        }
+        d.want(sh, len, seq, first).min(len)
+    }
+}
+
+/// Waits until the session is asked to close.
+async fn closed(rx: &mut watch::Receiver<Option<CloseReason>>) -> CloseReason {
+    match rx.wait_for(Option::is_some).await {
+        Ok(r) => r.unwrap_or(CloseReason::ClientGone),
+        // The sender lives as long as the session; treat its loss as a close.
+        Err(_) => CloseReason::ClientGone,
+    }
+}
+
+/// Client → backend.
+struct ClientDir<'a> {
+    ctx: &'a RelayCtx<'a>,
+    backend: OwnedWriteHalf,
+    client: &'a Mutex<OwnedWriteHalf>,
+    rx: watch::Receiver<Option<CloseReason>>,
+}
+
+impl ClientDir<'_> {
+    fn clear_caps(&self) -> u32 {
+        let mut c = caps::COMPRESS;
+        if !self.ctx.limits.allow_multi_statements {
+            c |= caps::MULTI_STATEMENTS;
+        }
+        c
+    }
+}
+
+impl Direction for ClientDir<'_> {
+    fn want(&self, sh: &Shared, len: usize, seq: u8, first: bool) -> usize {
+        let Mode::Local { .. } = self.ctx.mode else {
+            return 0;
+        };
+        if !first {
+            return 0;
+        }
+        if sh.phase.load(Relaxed) != PHASE_COMMAND {
+            if len > HANDSHAKE_MAX_PACKET {
+                0
+            } else if !sh.hello_seen.load(Relaxed) {
+                mysql::HANDSHAKE_RESPONSE_HEAD
+            } else if seq == 0 {
+                // A command pipelined before the server's OK.
+                1 + statement::STATEMENT_HEAD
+            } else {
+                0
+            }
+        } else if sh.local_infile.load(Relaxed) || seq != 0 {
+            0
+        } else {
+            1 + statement::STATEMENT_HEAD
+        }
+    }
+
+    fn decide(&mut self, sh: &Shared, head: &mut [u8], len: usize, seq: u8, first: bool) -> Action {
+        let Mode::Local { port, epoch } = self.ctx.mode else {
+            return Action::Forward;
+        };
+        if let Some(epoch) = epoch {
+            // The forwarding rule, before each chunk the client sends (DESIGN §3).
+            if !self.ctx.oracle.may_forward(epoch) {
+                return Action::Close(CloseReason::LeaseLost);
+            }
+        }
+        if !first {
+            return Action::Forward;
+        }
+        let mut pipelined = false;
+        if sh.phase.load(Relaxed) != PHASE_COMMAND {
+            if len > HANDSHAKE_MAX_PACKET || len == MAX_CHUNK {
+                return Action::Close(CloseReason::BadHandshake);
+            }
+            if !sh.hello_seen.swap(true, Relaxed) {
+                if seq != 1 {
+                    return Action::Close(CloseReason::BadHandshake);
+                }
+                return match mysql::patch_handshake_response(head, len, self.clear_caps()) {
+                    ClientHello::SslRequest => Action::Close(CloseReason::TlsRequested),
+                    ClientHello::Malformed => Action::Close(CloseReason::BadHandshake),
+                    ClientHello::Response { user } => {
+                        self.ctx.ctl.set_user(user);
+                        Action::Forward
+                    }
+                };
+            }
+            // Auth exchanges continue at sequence ids 3, 5, ...; a packet numbered 0 is a
+            // command sent before the server's OK, which mariadbd would run right after the
+            // login: inspect it like any command.
+            if seq != 0 {
+                return Action::Forward;
+            }
+            pipelined = true;
+        }
+        if sh.local_infile.load(Relaxed) {
+            // File contents end with an empty packet.
+            if len == 0 {
+                sh.local_infile.store(false, Relaxed);
+            }
+            return Action::Forward;
+        }
+        if seq != 0 {
+            return Action::Forward;
+        }
+        let cmd = head.first().copied().unwrap_or(0);
+        sh.last_cmd.store(cmd, Relaxed);
+        if cmd == com::CHANGE_USER {
+            // No KILL from or of this session until the server accepts the new user.
+            let user = head.get(1..).and_then(|rest| {
+                let end = rest.iter().position(|&b| b == 0)?;
+                std::str::from_utf8(&rest[..end]).ok().map(str::to_owned)
+            });
+            self.ctx.ctl.begin_change_user(user);
+        }
+        match statement::classify(port, head, len, self.ctx.limits.allow_multi_statements) {
+            Verdict::Forward => Action::Forward,
+            // No reply can be placed before the server's OK: close instead.
+            Verdict::Refuse(_) | Verdict::Kill { .. } if pipelined => {
+                self.ctx.metrics.error(ErrorKind::Refused);
+                Action::Close(CloseReason::BadHandshake)
+            }
+            Verdict::Refuse(msg) => {
+                self.ctx.metrics.error(ErrorKind::Refused);
+                Action::Skip(Some(Reply::Err(mysql::ER_REFUSED, msg)))
+            }
+            Verdict::Kill { thread_id } => {
+                let me = self.ctx.ctl.user();
+                let reply = match self.ctx.registry.kill(thread_id, me.as_deref()) {
+                    KillOutcome::Killed => Reply::Ok,
+                    KillOutcome::NoSuchThread => Reply::Err(
+                        mysql::ER_NO_SUCH_THREAD,
+                        format!("Unknown thread id: {thread_id} (QuorumSQL proxy)"),
+                    ),
+                    KillOutcome::NotOwner => Reply::Err(
+                        mysql::ER_KILL_DENIED,
+                        format!("You are not owner of thread {thread_id} (QuorumSQL proxy)"),
+                    ),
+                };
+                Action::Skip(Some(reply))
+            }
+        }
+    }
+
+    async fn forward(
+        &mut self,
+        _sh: &Shared,
+        bytes: &[u8],
+        _boundary: bool,
+    ) -> Result<(), CloseReason> {
+        tokio::select! {
+            r = self.backend.write_all(bytes) => {
+                r.map_err(|_| CloseReason::BackendGone)?;
+                self.ctx.metrics.bytes_from_clients.fetch_add(bytes.len() as u64, Relaxed);
+                Ok(())
+            }
+            r = closed(&mut self.rx) => Err(r),
+        }
+    }
+
+    async fn reply(&mut self, sh: &Shared, reply: Reply, seq: u8) -> Result<(), CloseReason> {
+        if let Some(r) = self.ctx.ctl.reason() {
+            return Err(r);
+        }
+        let bytes = match &reply {
+            Reply::Ok => mysql::ok_packet(seq),
+            Reply::Err(e, msg) => mysql::err_packet(seq, *e, msg),
+        };
+        let mut w = tokio::select! {
+            w = self.client.lock() => w,
+            r = closed(&mut self.rx) => return Err(r),
+        };
+        // The answer must not land inside a server packet being relayed.
+        if !sh.s2c_boundary.load(Relaxed) {
+            return Err(CloseReason::Desync);
+        }
+        tokio::select! {
+            r = w.write_all(&bytes) => r.map_err(|_| CloseReason::ClientGone),
+            r = closed(&mut self.rx) => Err(r),
+        }
+    }
+}
+
+/// Backend → client.
+struct ServerDir<'a> {
+    ctx: &'a RelayCtx<'a>,
+    client: &'a Mutex<OwnedWriteHalf>,
+    rx: watch::Receiver<Option<CloseReason>>,
+}
+
+impl Direction for ServerDir<'_> {
+    fn want(&self, sh: &Shared, _len: usize, seq: u8, first: bool) -> usize {
+        if !first {
+            return 0;
+        }
+        match sh.phase.load(Relaxed) {
+            PHASE_GREETING => GREETING_HEAD,
+            PHASE_AUTH => 1,
+            _ => match sh.last_cmd.load(Relaxed) {
+                com::QUERY if seq == 1 => 1,
+                com::CHANGE_USER => 1,
+                _ => 0,
+            },
+        }
+    }
+
+    fn decide(
+        &mut self,
+        sh: &Shared,
+        head: &mut [u8],
+        _len: usize,
+        seq: u8,
+        first: bool,
+    ) -> Action {
+        if !first {
+            return Action::Forward;
+        }
+        match sh.phase.load(Relaxed) {
+            PHASE_GREETING => {
+                if head.first() == Some(&0xFF) {
+                    // mariadbd refused us (too many connections, host blocked): relay it.
+                    return Action::Forward;
+                }
+                if let Mode::Local { .. } = self.ctx.mode {
+                    match mysql::patch_greeting(head, caps::SSL | caps::COMPRESS) {
+                        Ok(info) => self.ctx.ctl.set_thread_id(info.connection_id),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "mariadbd sent an unusable greeting");
+                            return Action::Close(CloseReason::BackendGone);
+                        }
+                    }
+                }
+                sh.phase.store(PHASE_AUTH, Relaxed);
+            }
+            PHASE_AUTH => {
+                if head.first() == Some(&0x00) {
+                    sh.phase.store(PHASE_COMMAND, Relaxed);
+                }
+            }
+            _ => match sh.last_cmd.load(Relaxed) {
+                com::QUERY if seq == 1 && head.first() == Some(&0xFB) => {
+                    sh.local_infile.store(true, Relaxed);
+                }
+                com::CHANGE_USER => match head.first() {
+                    Some(0x00) => {
+                        self.ctx.ctl.commit_change_user();
+                        sh.last_cmd.store(0, Relaxed);
+                    }
+                    Some(0xFF) => sh.last_cmd.store(0, Relaxed),
+                    _ => {}
+                },
+                _ => {}
+            },
+        }
+        Action::Forward
+    }
+
+    async fn forward(
+        &mut self,
+        sh: &Shared,
+        bytes: &[u8],
+        boundary: bool,
+    ) -> Result<(), CloseReason> {
+        let mut w = tokio::select! {
+            w = self.client.lock() => w,
+            r = closed(&mut self.rx) => return Err(r),
+        };
+        sh.s2c_boundary.store(false, Relaxed);
+        tokio::select! {
+            r = w.write_all(bytes) => r.map_err(|_| CloseReason::ClientGone)?,
+            r = closed(&mut self.rx) => return Err(r),
+        }
+        sh.s2c_boundary.store(boundary, Relaxed);
+        self.ctx
+            .metrics
+            .bytes_to_clients
+            .fetch_add(bytes.len() as u64, Relaxed);
+        Ok(())
+    }
+
+    async fn reply(&mut self, _sh: &Shared, _reply: Reply, _seq: u8) -> Result<(), CloseReason> {
+        Ok(())
+    }
+}
+
+/// Reads from `reader` and feeds the framer until the session closes.
+async fn pump<D: Direction>(
+    ctx: &RelayCtx<'_>,
+    sh: &Shared,
+    reader: OwnedReadHalf,
+    d: &mut D,
+    eof: CloseReason,
+) -> CloseReason {
+    let mut rx = ctx.ctl.subscribe();
+    let mut framer = Framer::default();
+    loop {
+        if let Some(r) = ctx.ctl.reason() {
+            return r;
+        }
+        tokio::select! {
+            r = reader.readable() => {
+                if r.is_err() {
+                    ctx.ctl.close(eof);
+                    continue;
+                }
+            }
+            _ = closed(&mut rx) => continue,
+        }
+        let mut buf = ctx.pool.take();
+        let res = loop {
+            match reader.try_read(&mut buf) {
+                Ok(0) => break Err(eof),
+                Ok(n) => {
+                    let ms = ctx.started.elapsed().as_millis() as u64;
+                    sh.last_activity_ms.store(ms, Relaxed);
+                    if let Err(r) = framer.feed(d, sh, &mut buf[..n]).await {
+                        break Err(r);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
+                Err(_) => break Err(eof),
+            }
+        };
+        ctx.pool.put(buf);
+        if let Err(r) = res {
+            ctx.ctl.close(r);
+        }
+    }
+}
+
+/// Closes the session on the handshake and idle timeouts.
+async fn watchdog(ctx: &RelayCtx<'_>, sh: &Shared) {
+    let mut rx = ctx.ctl.subscribe();
+    loop {
+        if ctx.ctl.reason().is_some() {
+            return;
+        }
+        let now = Instant::now();
+        let idle_at = ctx.started
+            + Duration::from_millis(sh.last_activity_ms.load(Relaxed))
+            + ctx.limits.idle_timeout;
+        let mut deadline = idle_at;
+        if sh.phase.load(Relaxed) != PHASE_COMMAND {
+            let hs = ctx.started + ctx.limits.handshake_timeout;
+            if now >= hs {
+                ctx.ctl.close(CloseReason::HandshakeTimeout);
+                return;
+            }
+            deadline = deadline.min(hs);
+        }
+        if now >= idle_at {
+            ctx.ctl.close(CloseReason::IdleTimeout);
+            return;
+        }
+        tokio::select! {
+            _ = closed(&mut rx) => return,
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// Relays between `client` and `backend` (mariadbd with the PROXY header already written, or
+/// another node's proxy) until either side closes or the session is asked to; returns why it
+/// ended. An error the client should see is written between two server packets; if that is not
+/// possible (mid-packet), the connection is just closed.
+pub(crate) async fn relay(
+    ctx: &RelayCtx<'_>,
+    client: TcpStream,
+    backend: TcpStream,
+) -> CloseReason {
+    let (cr, cw) = client.into_split();
+    let (br, bw) = backend.into_split();
+    let cw = Mutex::new(cw);
+    let sh = Shared {
+        phase: AtomicU8::new(PHASE_GREETING),
+        next_seq: AtomicU8::new(0),
+        s2c_boundary: AtomicBool::new(true),
+        local_infile: AtomicBool::new(false),
+        last_cmd: AtomicU8::new(0),
+        hello_seen: AtomicBool::new(false),
+        last_activity_ms: AtomicU64::new(0),
+    };
+    let mut cdir = ClientDir {
+        ctx,
+        backend: bw,
+        client: &cw,
+        rx: ctx.ctl.subscribe(),
+    };
+    let mut sdir = ServerDir {
+        ctx,
+        client: &cw,
+        rx: ctx.ctl.subscribe(),
+    };
+    let c2s = pump(ctx, &sh, cr, &mut cdir, CloseReason::ClientGone);
+    let s2c = pump(ctx, &sh, br, &mut sdir, CloseReason::BackendGone);
+    let (reason, _, ()) = tokio::join!(c2s, s2c, watchdog(ctx, &sh));
+    drop(cdir);
+    drop(sdir);
+    let mut w = cw.into_inner();
+    if let Some(kind) = reason.metric() {
+        ctx.metrics.error(kind);
+    }
+    if let Some((err, msg)) = reason.error() {
+        if sh.s2c_boundary.load(Relaxed) {
+            let pkt = mysql::err_packet(sh.next_seq.load(Relaxed), err, msg);
+            let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, w.write_all(&pkt)).await;
+        }
+    }
+    let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, w.shutdown()).await;
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Forwards everything except packets whose payload starts with `X` (answered with OK), and
+    /// upper-cases a leading `p` in place, recording what it writes.
+    #[derive(Default)]
+    struct RecordingDir {
+        out: Vec<u8>,
+        replies: Vec<(Reply, u8)>,
+        decisions: usize,
+    }
+
+    impl Direction for RecordingDir {
+        fn want(&self, _sh: &Shared, _len: usize, _seq: u8, first: bool) -> usize {
+            if first {
+                8
+            } else {
+                0
+            }
+        }
+
+        fn decide(
+            &mut self,
+            _sh: &Shared,
+            head: &mut [u8],
+            _l: usize,
+            _s: u8,
+            first: bool,
+        ) -> Action {
+            self.decisions += 1;
+            if !first {
+                return Action::Forward;
+            }
+            match head.first() {
+                Some(b'X') => Action::Skip(Some(Reply::Ok)),
+                Some(b'p') => {
+                    head[0] = b'P';
+                    Action::Forward
+                }
+                _ => Action::Forward,
+            }
+        }
+
+        async fn forward(
+            &mut self,
+            _sh: &Shared,
+            bytes: &[u8],
+            _b: bool,
+        ) -> Result<(), CloseReason> {
+            self.out.extend_from_slice(bytes);
+            Ok(())
+        }
+
+        async fn reply(&mut self, _sh: &Shared, reply: Reply, seq: u8) -> Result<(), CloseReason> {
+            self.replies.push((reply, seq));
+            Ok(())
+        }
+    }
+
+    fn shared() -> Shared {
+        Shared {
+            phase: AtomicU8::new(PHASE_COMMAND),
+            next_seq: AtomicU8::new(0),
+            s2c_boundary: AtomicBool::new(true),
+            local_infile: AtomicBool::new(false),
+            last_cmd: AtomicU8::new(0),
+            hello_seen: AtomicBool::new(true),
+            last_activity_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = (payload.len() as u32).to_le_bytes()[..3].to_vec();
+        v.push(seq);
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn run(stream: &[u8], splits: &mut impl FnMut() -> usize) -> RecordingDir {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let sh = shared();
+            let mut d = RecordingDir::default();
+            let mut f = Framer::default();
+            let mut data = stream.to_vec();
+            let mut at = 0;
+            while at < data.len() {
+                let n = splits().min(data.len() - at).max(1);
+                f.feed(&mut d, &sh, &mut data[at..at + n]).await.unwrap();
+                at += n;
+            }
+            assert!(f.at_boundary());
+            d
+        })
+    }
+
+    #[test]
+    fn any_split_of_the_stream_gives_the_same_relay() {
+        let payloads: Vec<Vec<u8>> = vec![
+            b"select 1".to_vec(),
+            b"".to_vec(),
+            b"X refused".to_vec(),
+            b"pq".to_vec(),
+            b"X".to_vec(),
+            vec![b'z'; 3000],
+            b"p".to_vec(),
+        ];
+        let mut stream = Vec::new();
+        let mut expected = Vec::new();
+        for (i, p) in payloads.iter().enumerate() {
+            let pkt = packet(i as u8, p);
+            stream.extend_from_slice(&pkt);
+            if p.first() != Some(&b'X') {
+                let mut e = pkt.clone();
+                if p.first() == Some(&b'p') {
+                    e[4] = b'P';
+                }
+                expected.extend_from_slice(&e);
+            }
+        }
+        let mut seed = 0x1234_5678_9ABC_DEF1u64;
+        for round in 0..300 {
+            let max = [1usize, 2, 3, 5, 7, 64, 5000][round % 7];
+            let d = run(&stream, &mut || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed as usize % max) + 1
+            });
+            assert_eq!(d.out, expected, "round {round}");
+            assert_eq!(d.replies, vec![(Reply::Ok, 3), (Reply::Ok, 5)]);
+        }
+    }
+
+    #[test]
+    fn continued_packets_are_decided_once_and_skipped_whole() {
+        // A refused payload of exactly MAX_CHUNK bytes is followed by an empty continuation.
+        let mut big = vec![b'y'; MAX_CHUNK];
+        big[0] = b'X';
+        let mut stream = packet(0, &big);
+        stream.extend_from_slice(&packet(1, b""));
+        stream.extend_from_slice(&packet(0, b"after"));
+        let d = run(&stream, &mut || 1 << 16);
+        assert_eq!(d.out, packet(0, b"after"));
+        assert_eq!(d.replies, vec![(Reply::Ok, 2)]);
+        // Forwarded: every chunk (and its continuation) goes through unchanged.
+        let mut big = vec![b'y'; MAX_CHUNK + 10];
+        big[0] = b'a';
+        let mut stream = packet(0, &big[..MAX_CHUNK]);
+        stream.extend_from_slice(&packet(1, &big[MAX_CHUNK..]));
+        let d = run(&stream, &mut || 70_000);
+        assert_eq!(d.out, stream);
+        // One decision per chunk: the first decides, the continuation is asked only for the
+        // lease check.
+        assert_eq!(d.decisions, 2);
+    }
+}

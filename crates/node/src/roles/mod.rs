@@ -1,0 +1,826 @@
+//! Roles: decides what the local mariadbd is — replica, promoting, master, fenced, diverged — and
+//! drives it there, in exactly the order DESIGN §3 gives. Everything here is sequenced on one
+//! task so that no two transitions can interleave.
+//!
+//! The life of a node, as code below follows it:
+//!
+//! ```text
+//!   start mariadbd (--init-rpl-role=SLAVE, read_only) ─► rejoin check ─► replica (from serve)
+//!        ▲                                                  │ diverged         │ raft leader of T
+//!        │                                                  ▼                  ▼
+//!     fence (SIGKILL) ◄── master of epoch T ◄── promotion steps 1–8 ◄─────────┘
+//! ```
+//!
+//! A promotion that fails after it touched mariadbd (step 3 on) fences: SIGKILL and a fresh start
+//! is always safe, an attempt to undo half a promotion is not obviously so.
+
+pub mod rejoin;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quorumsql_log::runtime::LogHandle;
+use quorumsql_log::{Command, Epoch, Gtid, GtidState, NodeId, Outcome, Role as RaftRole};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::capture::{Capture, CaptureConfig, CaptureHandle, Credentials, Endpoint, TxnSink};
+use crate::config::{capture_server_id, NodeConfig};
+use crate::mariadb::{Consequence, Mariadb};
+use crate::sql::SqlConn;
+
+/// What this node's mariadbd is right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    #[default]
+    Starting,
+    Replica,
+    Promoting,
+    Master,
+    Fenced,
+    Diverged,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Starting => "starting",
+            Role::Replica => "replica",
+            Role::Promoting => "promoting",
+            Role::Master => "master",
+            Role::Fenced => "fenced",
+            Role::Diverged => "diverged",
+        }
+    }
+}
+
+/// What roles publishes for the proxy and the admin port.
+#[derive(Debug, Clone, Default)]
+pub struct RoleSnapshot {
+    pub role: Role,
+    /// The epoch this node is master of (only in `Master`).
+    pub master_epoch: Option<Epoch>,
+    /// `@@gtid_binlog_pos` of the local mariadbd, as last read.
+    pub applied_gtid: Option<GtidState>,
+    pub mariadb_pid: Option<u32>,
+    /// Why the node is not healthy, each with what to do.
+    pub problems: Vec<String>,
+}
+
+impl RoleSnapshot {
+    pub fn healthy(&self) -> bool {
+        self.problems.is_empty() && matches!(self.role, Role::Replica | Role::Master)
+    }
+}
+
+/// Timing of the roles loop.
+#[derive(Debug, Clone)]
+pub struct RolesTiming {
+    pub poll: Duration,
+    pub mariadb_ready: Duration,
+    pub promotion_timeout: Duration,
+    /// A master whose canary commit does not come back within this is unhealthy.
+    pub stall_timeout: Duration,
+    pub canary_every: Duration,
+    /// Longer than this without a lease, a master fences (a shorter lapse only pauses the proxy).
+    pub lease_lapse_fence: Duration,
+}
+
+impl RolesTiming {
+    pub fn from_config(cfg: &NodeConfig) -> RolesTiming {
+        let tick = cfg.raft.tick();
+        RolesTiming {
+            poll: Duration::from_millis(50),
+            mariadb_ready: Duration::from_secs(120),
+            promotion_timeout: Duration::from_secs(60),
+            stall_timeout: Duration::from_secs(10),
+            canary_every: Duration::from_secs(1),
+            lease_lapse_fence: tick * cfg.raft.election_ticks_max as u32,
+        }
+    }
+}
+
+/// Why the master or a promotion gave up; recorded in the log and in status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FenceReason {
+    LostLeadership,
+    LeaseLapsed(Duration),
+    CaptureStopped(String),
+    CanaryStalled(String),
+    PromotionFailed(String),
+    MariadbExited,
+}
+
+impl std::fmt::Display for FenceReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FenceReason::LostLeadership => write!(f, "raft leadership or term changed"),
+            FenceReason::LeaseLapsed(d) => write!(f, "lease lapsed for {d:?}"),
+            FenceReason::CaptureStopped(e) => write!(f, "capture stopped: {e}"),
+            FenceReason::CanaryStalled(e) => write!(f, "canary commit failed: {e}"),
+            FenceReason::PromotionFailed(e) => write!(f, "promotion failed: {e}"),
+            FenceReason::MariadbExited => write!(f, "mariadbd exited"),
+        }
+    }
+}
+
+/// What the replica phase ended with.
+enum ReplicaExit {
+    Promote(u64),
+    Restart(String),
+}
+
+/// The roles task and everything it drives.
+pub struct Roles {
+    cfg: Arc<NodeConfig>,
+    me: NodeId,
+    log: LogHandle,
+    db: Mariadb,
+    sink: Arc<dyn TxnSink>,
+    timing: RolesTiming,
+    state: watch::Sender<RoleSnapshot>,
+    /// Admin connection over the unix socket (root, `sql_log_bin=0`), reopened on error.
+    admin: Option<SqlConn>,
+    capture: Option<CaptureHandle>,
+    /// Last local GTID the rejoin check verified by content (persisted beside the datadir).
+    verified: Option<Gtid>,
+}
+
+impl Roles {
+    pub fn new(
+        cfg: Arc<NodeConfig>,
+        log: LogHandle,
+        db: Mariadb,
+        sink: Arc<dyn TxnSink>,
+        state: watch::Sender<RoleSnapshot>,
+    ) -> Roles {
+        let me = NodeId(cfg.node.id);
+        let timing = RolesTiming::from_config(&cfg);
+        let verified = std::fs::read_to_string(verified_path(&cfg))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        Roles {
+            cfg,
+            me,
+            log,
+            db,
+            sink,
+            timing,
+            state,
+            admin: None,
+            capture: None,
+            verified,
+        }
+    }
+
+    fn publish(&self, f: impl FnOnce(&mut RoleSnapshot)) {
+        self.state.send_modify(f);
+    }
+
+    fn set_role(&self, role: Role, problems: Vec<String>) {
+        info!(role = role.as_str(), ?problems, "role");
+        self.publish(|s| {
+            s.role = role;
+            s.problems = problems;
+            if role != Role::Master {
+                s.master_epoch = None;
+            }
+        });
+    }
+
+    /// Runs until `shutdown`; on the way out SIGKILLs mariadbd (never a clean shutdown, which
+    /// would commit transactions waiting for an ACK).
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let round = async {
+                match self.start_replica().await {
+                    Err(StartError::Diverged(why)) => {
+                        self.diverged(why).await;
+                        None
+                    }
+                    Err(StartError::Retry(why)) => Some(FenceReason::PromotionFailed(why)),
+                    Ok(()) => match self.replica_phase().await {
+                        ReplicaExit::Restart(why) => {
+                            warn!(%why, "restarting mariadbd");
+                            Some(FenceReason::MariadbExited)
+                        }
+                        ReplicaExit::Promote(term) => match self.promote(term).await {
+                            Ok(()) => Some(self.master_phase(Epoch(term)).await),
+                            Err(why) => Some(why),
+                        },
+                    },
+                }
+            };
+            let reason = tokio::select! {
+                r = round => r,
+                _ = shutdown.cancelled() => break,
+            };
+            if let Some(reason) = reason {
+                self.fence(&reason).await;
+            }
+            // A short pause so a crash loop cannot spin.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        self.stop_capture().await;
+        self.sigkill_mariadb();
+        self.publish(|s| s.mariadb_pid = None);
+    }
+
+    /// SIGKILL and reap; the only way QuorumSQL ever stops mariadbd.
+    fn sigkill_mariadb(&mut self) {
+        let db = &mut self.db;
+        if let Err(e) = tokio::task::block_in_place(|| db.sigkill()) {
+            error!(%e, "SIGKILL of mariadbd failed");
+        }
+    }
+
+    fn mariadb_exited(&mut self) -> bool {
+        let db = &mut self.db;
+        matches!(tokio::task::block_in_place(|| db.try_exit()), Ok(Some(_)))
+    }
+
+    // ----- start and replica ---------------------------------------------------------------
+
+    async fn start_replica(&mut self) -> Result<(), StartError> {
+        self.set_role(Role::Starting, vec![]);
+        self.admin = None;
+        let deadline = Instant::now() + self.timing.mariadb_ready;
+        let db = &mut self.db;
+        let started = tokio::task::block_in_place(|| {
+            let init = db.initialize_if_needed()?;
+            let started = db.start()?;
+            Ok::<_, crate::mariadb::MariadbError>((init, started))
+        });
+        let (init, started) = started.map_err(|e| StartError::Retry(e.to_string()))?;
+        let fresh = matches!(init, crate::mariadb::InitOutcome::Installed { .. });
+        if !started.killed_stale.is_empty() {
+            warn!(killed = ?started.killed_stale, "SIGKILLed a stale mariadbd holding the datadir");
+        }
+        self.publish(|s| s.mariadb_pid = Some(started.pid));
+        let db = &mut self.db;
+        let ready = tokio::task::block_in_place(|| db.wait_ready(deadline));
+        // Read the error log whether or not it came up: a refused recovery is a divergence.
+        let findings = self.db.error_log_since_start().scan().unwrap_or_default();
+        for f in &findings {
+            match f.consequence() {
+                Consequence::Diverged | Consequence::Fatal => {
+                    return Err(StartError::Diverged(format!(
+                        "mariadbd error log at start: {f:?}"
+                    )))
+                }
+                Consequence::CompareContent => {
+                    // TODO(roles): compare schema and touched tables with a healthy replica
+                    // (DESIGN §3 rejoin (c)). Until then such a node is not trusted.
+                    return Err(StartError::Diverged(format!(
+                        "mariadbd ran a recovery that needs a content comparison: {f:?}"
+                    )));
+                }
+                Consequence::Note => info!(?f, "mariadbd error log"),
+            }
+        }
+        ready.map_err(|e| StartError::Retry(e.to_string()))?;
+        self.admin().await.map_err(StartError::Retry)?;
+        if fresh {
+            self.bootstrap_accounts().await.map_err(StartError::Retry)?;
+        }
+        self.rejoin_check(true).await?;
+        self.configure_replication()
+            .await
+            .map_err(StartError::Retry)?;
+        self.set_role(Role::Replica, vec![]);
+        Ok(())
+    }
+
+    async fn replica_phase(&mut self) -> ReplicaExit {
+        let mut last_report = Instant::now() - Duration::from_secs(10);
+        loop {
+            tokio::time::sleep(self.timing.poll).await;
+            if self.mariadb_exited() {
+                return ReplicaExit::Restart("mariadbd exited".into());
+            }
+            let st = self.log.status();
+            if st.role == RaftRole::Leader && !st.transferring {
+                let epoch = st.master.map(|(_, e)| e.0).unwrap_or(0);
+                if epoch < st.term {
+                    return ReplicaExit::Promote(st.term);
+                }
+            }
+            if last_report.elapsed() >= Duration::from_millis(500) {
+                last_report = Instant::now();
+                match self.replica_health().await {
+                    Ok(problems) => self.publish(|s| s.problems = problems),
+                    Err(e) => self.publish(|s| s.problems = vec![e]),
+                }
+            }
+        }
+    }
+
+    /// `SHOW SLAVE STATUS` and `@@gtid_binlog_pos`: applier errors are surfaced as problems.
+    async fn replica_health(&mut self) -> Result<Vec<String>, String> {
+        let pos = self.query_one("SELECT @@gtid_binlog_pos").await?;
+        let applied: Option<GtidState> = pos.as_deref().and_then(|p| p.parse().ok());
+        self.publish(|s| s.applied_gtid = applied);
+        let rows = self.query("SHOW SLAVE STATUS").await?;
+        let mut problems = Vec::new();
+        if let Some(row) = rows.first() {
+            let get = |name: &str| row.get(name).unwrap_or_default().to_string();
+            if get("Slave_SQL_Running") != "Yes" {
+                problems.push(format!(
+                    "replication applier stopped: {} {}",
+                    get("Last_SQL_Errno"),
+                    get("Last_SQL_Error")
+                ));
+            }
+            if get("Last_IO_Errno") == "1236" {
+                problems.push(format!(
+                    "serve refused this node's position: {}; the node must be rebuilt",
+                    get("Last_IO_Error")
+                ));
+            }
+        } else {
+            problems.push("replication is not configured".into());
+        }
+        Ok(problems)
+    }
+
+    // ----- promotion (DESIGN §3, steps 1–8, in this order) --------------------------------
+
+    async fn promote(&mut self, term: u64) -> Result<(), FenceReason> {
+        self.set_role(Role::Promoting, vec![]);
+        info!(term, "promotion starts");
+        let deadline = Instant::now() + self.timing.promotion_timeout;
+        let still_leader = |log: &LogHandle| {
+            let st = log.status();
+            st.role == RaftRole::Leader && st.term == term
+        };
+        // 1. Wait until an entry of term T is applied: after it no earlier-epoch Append can be
+        //    accepted, so the log's tail is final. A Noop of our own term is such an entry.
+        match self.log.propose(Command::Noop).await {
+            Ok(p) if p.outcome == Outcome::Accepted => {}
+            Ok(other) => {
+                return Err(FenceReason::PromotionFailed(format!(
+                    "term-start marker: {:?}",
+                    other.outcome
+                )))
+            }
+            Err(e) => return Err(FenceReason::PromotionFailed(format!("term-start marker: {e}"))),
+        }
+        // Nothing has been touched yet: losing leadership here needs no fence, but fencing is
+        // cheap and keeps one path.
+        if !still_leader(&self.log) {
+            return Err(FenceReason::LostLeadership);
+        }
+        // 2. Wait until the local mariadbd has applied the last accepted transaction, then
+        //    verify its GTID state equals the log's.
+        let target = self.log.status().gtid_state;
+        loop {
+            let pos = self
+                .query_one("SELECT @@gtid_binlog_pos")
+                .await
+                .map_err(FenceReason::PromotionFailed)?;
+            let local: GtidState = pos
+                .as_deref()
+                .unwrap_or("")
+                .parse()
+                .map_err(|e| FenceReason::PromotionFailed(format!("@@gtid_binlog_pos: {e}")))?;
+            if local == target {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(FenceReason::PromotionFailed(format!(
+                    "mariadbd did not catch up: has {local}, log has {target}"
+                )));
+            }
+            if !still_leader(&self.log) {
+                return Err(FenceReason::LostLeadership);
+            }
+            tokio::time::sleep(self.timing.poll).await;
+        }
+        // The rejoin check again, now that the history is complete.
+        self.rejoin_check(false)
+            .await
+            .map_err(|e| FenceReason::PromotionFailed(format!("{e:?}")))?;
+        // 3. Stop replication.
+        self.exec("STOP SLAVE").await.map_err(FenceReason::PromotionFailed)?;
+        // 4. Semi-sync master on (the other §5 settings are in the option file).
+        self.exec("SET GLOBAL rpl_semi_sync_master_enabled = ON")
+            .await
+            .map_err(FenceReason::PromotionFailed)?;
+        // 5. Capture from the log's last GTID; see it attached.
+        let mut cap_cfg = CaptureConfig::new(
+            Endpoint::Unix(self.db.config().socket()),
+            Credentials {
+                user: "root".into(),
+                password: String::new(),
+            },
+            capture_server_id(self.me.0),
+        )
+        .with_entry_cap(self.cfg.raft.entry_cap_bytes);
+        // Capture attaches now but proposes only once MasterReady{self, T} is applied: an
+        // Append before it would be rejected (and fence this node).
+        cap_cfg.hold_proposals = true;
+        let handle = Capture::start(
+            cap_cfg,
+            self.sink.clone(),
+            target.clone(),
+            target.get(0),
+            Epoch(term),
+        );
+        self.capture = Some(handle);
+        loop {
+            let attached = self
+                .query_one("SHOW STATUS LIKE 'Rpl_semi_sync_master_clients'")
+                .await
+                .map_err(FenceReason::PromotionFailed)?;
+            if attached.as_deref() == Some("1") {
+                break;
+            }
+            if let Some(why) = self.capture_ended() {
+                return Err(FenceReason::CaptureStopped(why));
+            }
+            if Instant::now() >= deadline {
+                return Err(FenceReason::PromotionFailed(
+                    "capture did not attach as the semi-sync replica".into(),
+                ));
+            }
+            tokio::time::sleep(self.timing.poll).await;
+        }
+        // 6. Close this node's RO sessions: publishing `Promoting` already told the proxy to
+        //    stop serving reads from this mariadbd.
+        // 7. Writes may now reach mariadbd (only through the proxy, once MasterReady is in).
+        self.exec("SET GLOBAL read_only = OFF")
+            .await
+            .map_err(FenceReason::PromotionFailed)?;
+        // 8. MasterReady{self, T, last GTID}: accepted only if T is the term of its entry.
+        let gtid = target.get(0);
+        match self
+            .log
+            .propose(Command::MasterReady {
+                node: self.me,
+                epoch: Epoch(term),
+                gtid,
+            })
+            .await
+        {
+            Ok(p) if p.outcome == Outcome::Accepted => {}
+            Ok(other) => {
+                return Err(FenceReason::PromotionFailed(format!(
+                    "MasterReady: {:?}",
+                    other.outcome
+                )))
+            }
+            Err(e) => return Err(FenceReason::PromotionFailed(format!("MasterReady: {e}"))),
+        }
+        if let Some(c) = &self.capture {
+            c.allow_proposals();
+        }
+        self.set_role(Role::Master, vec![]);
+        self.publish(|s| s.master_epoch = Some(Epoch(term)));
+        info!(term, "master");
+        Ok(())
+    }
+
+    // ----- master --------------------------------------------------------------------------
+
+    /// Runs while this node is master; returns why it must stop.
+    async fn master_phase(&mut self, epoch: Epoch) -> FenceReason {
+        let mut lease_lost_since: Option<Instant> = None;
+        let mut next_canary = Instant::now();
+        loop {
+            tokio::time::sleep(self.timing.poll).await;
+            if self.mariadb_exited() {
+                return FenceReason::MariadbExited;
+            }
+            let st = self.log.status();
+            let master_ok = st.role == RaftRole::Leader
+                && st.term == epoch.0
+                && st.master == Some((self.me, epoch));
+            if !master_ok {
+                return FenceReason::LostLeadership;
+            }
+            if st.lease_remaining.is_some() {
+                lease_lost_since = None;
+            } else {
+                let since = *lease_lost_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > self.timing.lease_lapse_fence {
+                    return FenceReason::LeaseLapsed(since.elapsed());
+                }
+            }
+            if let Some(why) = self.capture_ended() {
+                return FenceReason::CaptureStopped(why);
+            }
+            if Instant::now() >= next_canary {
+                next_canary = Instant::now() + self.timing.canary_every;
+                if let Err(e) = self.canary(epoch).await {
+                    return FenceReason::CanaryStalled(e);
+                }
+            }
+            match self.query_one("SELECT @@gtid_binlog_pos").await {
+                Ok(pos) => {
+                    let applied: Option<GtidState> = pos.as_deref().and_then(|p| p.parse().ok());
+                    self.publish(|s| s.applied_gtid = applied);
+                }
+                Err(e) => warn!(%e, "cannot read @@gtid_binlog_pos"),
+            }
+        }
+    }
+
+    /// Commits a canary row through the normal write path and checks that it got a new GTID
+    /// (MariaDB may have switched binary logging off while `@@log_bin` still reads 1).
+    async fn canary(&mut self, epoch: Epoch) -> Result<(), String> {
+        let stall = self.timing.stall_timeout;
+        let me = self.me.0;
+        let conn = self.admin().await?;
+        let run = async {
+            let e = |e: crate::sql::SqlError| e.to_string();
+            // The canary is the one write QuorumSQL makes through the binlog: it must travel the
+            // normal write path to prove that path works.
+            conn.exec("SET SESSION sql_log_bin = 1").await.map_err(e)?;
+            conn.exec("CREATE DATABASE IF NOT EXISTS quorumsql").await.map_err(e)?;
+            conn.exec(
+                "CREATE TABLE IF NOT EXISTS quorumsql.heartbeat (node INT UNSIGNED PRIMARY KEY, \
+                 epoch BIGINT UNSIGNED NOT NULL, at TIMESTAMP(6) NOT NULL) ENGINE=InnoDB",
+            )
+            .await
+            .map_err(e)?;
+            let before = conn.query_value("SELECT @@gtid_binlog_pos").await.map_err(e)?;
+            conn.exec(&format!(
+                "REPLACE INTO quorumsql.heartbeat VALUES ({me}, {}, NOW(6))",
+                epoch.0
+            ))
+            .await
+            .map_err(e)?;
+            let after = conn.query_value("SELECT @@gtid_binlog_pos").await.map_err(e)?;
+            conn.exec("SET SESSION sql_log_bin = 0").await.map_err(e)?;
+            if after == before {
+                return Err(format!(
+                    "canary commit produced no new GTID (binlog at {}): binary logging is off",
+                    after.unwrap_or_default()
+                ));
+            }
+            Ok(())
+        };
+        let r = match tokio::time::timeout(stall, run).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("canary commit did not complete within {stall:?}")),
+        };
+        if r.is_err() {
+            self.admin = None;
+        }
+        r
+    }
+
+    // ----- fencing and divergence ---------------------------------------------------------
+
+    /// Stops everything that could let a commit through, records what mariadbd was running,
+    /// then SIGKILLs it (never a clean shutdown, a KILL or a timeout: each of those commits
+    /// transactions waiting for their ACK).
+    async fn fence(&mut self, reason: &FenceReason) {
+        warn!(%reason, "fencing mariadbd");
+        self.set_role(Role::Fenced, vec![format!("fenced: {reason}")]);
+        self.stop_capture().await;
+        if let Ok(Ok(rows)) = tokio::time::timeout(
+            Duration::from_millis(500),
+            self.query(
+                "SELECT ID, USER, COMMAND, STATE, LEFT(INFO, 200) FROM information_schema.PROCESSLIST",
+            ),
+        )
+        .await
+        {
+            for r in rows {
+                info!(row = ?r.values(), "processlist at fence");
+            }
+        }
+        self.admin = None;
+        self.sigkill_mariadb();
+        self.publish(|s| s.mariadb_pid = None);
+        // A master that could not serve hands leadership on (to anyone a majority elects).
+        if self.log.status().role == RaftRole::Leader {
+            if let Some(to) = self.best_peer() {
+                let _ = self.log.transfer_leader(to).await;
+            }
+        }
+    }
+
+    /// A diverged node never serves, replicates or gets promoted until it is rebuilt. It keeps
+    /// its mariadbd stopped and hands leadership away whenever it gets it.
+    async fn diverged(&mut self, why: String) {
+        error!(%why, "node diverged");
+        self.stop_capture().await;
+        self.sigkill_mariadb();
+        self.publish(|s| s.mariadb_pid = None);
+        self.log.set_priority(0);
+        self.set_role(
+            Role::Diverged,
+            vec![format!(
+                "diverged: {why}. This node's data is not part of the cluster's history: rebuild it from a healthy node (stop this node, move {} away, start it again)",
+                self.cfg.mariadb_dir().display()
+            )],
+        );
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if self.log.status().role == RaftRole::Leader {
+                if let Some(to) = self.best_peer() {
+                    let _ = self.log.transfer_leader(to).await;
+                }
+            }
+        }
+    }
+
+    fn best_peer(&self) -> Option<NodeId> {
+        let st = self.log.status();
+        st.peers
+            .iter()
+            .filter(|p| p.node != self.me && p.voter)
+            .max_by_key(|p| p.matched)
+            .map(|p| p.node)
+    }
+
+    async fn stop_capture(&mut self) {
+        if let Some(c) = self.capture.take() {
+            let _ = c.shutdown().await;
+        }
+    }
+
+    fn capture_ended(&self) -> Option<String> {
+        let outcome = self.capture.as_ref()?.outcome()?;
+        Some(match outcome {
+            Ok(()) => "capture stopped".to_string(),
+            Err(e) => e.to_string(),
+        })
+    }
+
+    // ----- helpers -------------------------------------------------------------------------
+
+    /// DESIGN §3 rejoin check (a) and (b). `at_start`: also require that the binlog file this
+    /// start created holds no transaction (crash recovery wrote nothing).
+    async fn rejoin_check(&mut self, at_start: bool) -> Result<(), StartError> {
+        let index = self.db.config().binlog_basename().with_extension("index");
+        let cap = self.cfg.mariadb.max_transaction_bytes as usize + (1 << 20);
+        let files = tokio::task::block_in_place(|| {
+            crate::serve::binlog_file::read_binlog_index(&index, cap)
+        })
+        .map_err(|e| StartError::Retry(format!("cannot read the local binlog: {e}")))?;
+        if at_start {
+            if let Some(newest) = files.last() {
+                if let Some(t) = newest.txns.first() {
+                    return Err(StartError::Diverged(
+                        rejoin::Divergence::WrittenByRecovery { gtid: t.txn.gtid }.to_string(),
+                    ));
+                }
+            }
+        }
+        let mut local = Vec::new();
+        for f in &files {
+            for t in &f.txns {
+                let digest = t.digest().map_err(|e| {
+                    StartError::Diverged(format!("local transaction {} is unreadable: {e}", t.txn.gtid))
+                })?;
+                local.push(rejoin::LocalTxn {
+                    gtid: t.txn.gtid,
+                    digest: digest.0,
+                });
+            }
+        }
+        let mut answers = std::collections::HashMap::new();
+        for t in &local {
+            if self.verified.is_some_and(|v| v.domain == t.gtid.domain && t.gtid.seq <= v.seq) {
+                continue;
+            }
+            let a = self
+                .log
+                .lookup_seq(t.gtid.domain, t.gtid.seq)
+                .await
+                .map_err(|e| StartError::Retry(format!("log lookup: {e}")))?;
+            answers.insert((t.gtid.domain, t.gtid.seq), a);
+        }
+        let verdict = rejoin::check(&local, self.verified, |domain, seq| {
+            match answers.get(&(domain, seq)) {
+                Some(quorumsql_log::runtime::SeqLookup::Txn { gtid, digest }) => {
+                    rejoin::LogLookup::Txn {
+                        gtid: *gtid,
+                        digest: *digest,
+                    }
+                }
+                Some(quorumsql_log::runtime::SeqLookup::Compacted) => rejoin::LogLookup::Compacted,
+                _ => rejoin::LogLookup::Missing,
+            }
+        });
+        match verdict {
+            Ok(v) => {
+                if v != self.verified {
+                    self.verified = v;
+                    if let Some(g) = v {
+                        let _ = std::fs::write(verified_path(&self.cfg), g.to_string());
+                    }
+                }
+                Ok(())
+            }
+            Err(d) => Err(StartError::Diverged(d.to_string())),
+        }
+    }
+
+    async fn configure_replication(&mut self) -> Result<(), String> {
+        let me = self.cfg.me().clone();
+        let (user, password) = crate::serve_credentials(&self.cfg);
+        self.exec("STOP SLAVE").await?;
+        self.exec("SET GLOBAL gtid_slave_pos = @@gtid_binlog_pos").await?;
+        self.exec(&format!(
+            "CHANGE MASTER TO MASTER_HOST='{}', MASTER_PORT={}, MASTER_USER='{user}', \
+             MASTER_PASSWORD='{password}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, \
+             MASTER_HEARTBEAT_PERIOD=1",
+            me.serve.ip(),
+            me.serve.port()
+        ))
+        .await?;
+        self.exec("START SLAVE").await
+    }
+
+    async fn bootstrap_accounts(&mut self) -> Result<(), String> {
+        let (Some(user), Some(password)) = (
+            self.cfg.mariadb.bootstrap_user.clone(),
+            self.cfg.mariadb.bootstrap_password.clone(),
+        ) else {
+            return Ok(());
+        };
+        // Identical on every node and outside the binlog: the account exists before the first
+        // master does, and replicas do not see a GTID the log lacks.
+        self.exec(&format!(
+            "CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY '{password}'"
+        ))
+        .await?;
+        self.exec(&format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER, CREATE TEMPORARY TABLES, \
+             LOCK TABLES, EXECUTE, CREATE VIEW, SHOW VIEW, CREATE ROUTINE, ALTER ROUTINE, TRIGGER, \
+             REFERENCES ON `%`.* TO '{user}'@'%'"
+        ))
+        .await
+    }
+
+    async fn admin(&mut self) -> Result<&mut SqlConn, String> {
+        if self.admin.as_ref().is_some_and(|c| c.is_broken()) {
+            self.admin = None;
+        }
+        if self.admin.is_none() {
+            let mut conn = SqlConn::connect_unix(self.db.config().socket(), "root", "")
+                .await
+                .map_err(|e| format!("cannot connect to mariadbd as admin: {e}"))?;
+            // Admin statements stay out of the binlog (DESIGN §5).
+            conn.exec("SET SESSION sql_log_bin = 0")
+                .await
+                .map_err(|e| format!("admin session: {e}"))?;
+            self.admin = Some(conn);
+        }
+        self.admin
+            .as_mut()
+            .ok_or_else(|| "admin connection unavailable".to_string())
+    }
+
+    async fn exec(&mut self, sql: &str) -> Result<(), String> {
+        let r = match self.admin().await {
+            Ok(c) => c.exec(sql).await.map(|_| ()).map_err(|e| format!("{sql}: {e}")),
+            Err(e) => Err(e),
+        };
+        if r.is_err() {
+            self.admin = None;
+        }
+        r
+    }
+
+    async fn query(&mut self, sql: &str) -> Result<Vec<crate::sql::Row>, String> {
+        let r = match self.admin().await {
+            Ok(c) => c.query(sql).await.map_err(|e| format!("{sql}: {e}")),
+            Err(e) => Err(e),
+        };
+        if r.is_err() {
+            self.admin = None;
+        }
+        r
+    }
+
+    /// The last column of the first row (`SHOW STATUS LIKE` answers name, value).
+    async fn query_one(&mut self, sql: &str) -> Result<Option<String>, String> {
+        let rows = self.query(sql).await?;
+        Ok(rows.first().and_then(|r| {
+            r.values()
+                .last()
+                .and_then(|v| v.as_deref().map(str::to_string))
+        }))
+    }
+}
+
+fn verified_path(cfg: &NodeConfig) -> std::path::PathBuf {
+    cfg.node.data_dir.join("verified_gtid")
+}
+
+#[derive(Debug)]
+enum StartError {
+    /// Try again after a fence/restart.
+    Retry(String),
+    /// The node's history is not part of the log.
+    Diverged(String),
+}
