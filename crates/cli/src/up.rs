@@ -90,14 +90,26 @@ pub async fn run(args: UpArgs) -> Result<(), String> {
         let log2 = log
             .try_clone()
             .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-        let child = Command::new(&exe)
-            .arg("node")
+        let mut cmd = Command::new(&exe);
+        cmd.arg("node")
             .arg("--config")
             .arg(path)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        // If `up` dies without cleaning up (SIGKILL), its nodes get SIGTERM and fence their own
+        // mariadbd on the way out, instead of running on unsupervised.
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec here.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start node {id}: {e}"))?;
         println!("started node{id} (pid {}), log {}", child.id().unwrap_or(0), log_path.display());
@@ -117,7 +129,7 @@ pub async fn run(args: UpArgs) -> Result<(), String> {
     let deadline = Instant::now() + args.wait;
     let outcome = tokio::select! {
         r = wait_for_master(&members, deadline) => r,
-        _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
+        _ = stop_signal() => Err("interrupted".to_string()),
     };
     match outcome {
         Ok(status) => {
@@ -143,7 +155,7 @@ pub async fn run(args: UpArgs) -> Result<(), String> {
 
     // Foreground until Ctrl-C or until a node process dies (which the operator must hear about).
     let result = tokio::select! {
-        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = stop_signal() => Ok(()),
         (id, status) = first_exit(&mut children) => {
             Err(format!("node{id} exited ({status}); see {}", dir.join(format!("node{id}.log")).display()))
         }
@@ -231,6 +243,22 @@ async fn wait_for_master(
             return Err(format!("no healthy cluster in time; last seen: {last}"));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -76,3 +76,175 @@ fn three_nodes_replicate_through_the_master() {
     let s = c.status();
     assert!(s.nodes.iter().all(|n| n.healthy), "{s:?}");
 }
+
+/// Writes single-row autocommit inserts through one node's RW port until told to stop, and
+/// records which ids were acknowledged (an error is an unknown outcome, never a success).
+struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<(Vec<u64>, usize)>,
+}
+
+impl Writer {
+    fn start(port: u16, table: &'static str, first_id: u64) -> Writer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut errors = 0;
+            let mut id = first_id;
+            while !s.load(std::sync::atomic::Ordering::SeqCst) {
+                match sql_tcp(port, &format!("INSERT INTO {table} VALUES ({id}, 'w')")) {
+                    Ok(_) => acked.push(id),
+                    Err(_) => {
+                        errors += 1;
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                id += 1;
+            }
+            (acked, errors)
+        });
+        Writer { stop, handle }
+    }
+
+    fn finish(self) -> (Vec<u64>, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle.join().expect("writer thread")
+    }
+}
+
+/// Every acknowledged id is present on every node's mariadbd.
+fn assert_all_present(c: &Cluster, table: &str, acked: &[u64], ids: &[u64]) {
+    for &node in ids {
+        let got = eventually(&format!("node{node} to hold every acknowledged row"), FAILOVER, || {
+            let list = sql_socket(&c.mariadb_socket(node), &format!("SELECT id FROM {table}"))?;
+            let have: std::collections::HashSet<u64> =
+                list.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            let missing: Vec<u64> = acked.iter().copied().filter(|i| !have.contains(i)).collect();
+            if missing.is_empty() {
+                Ok(have.len())
+            } else {
+                Err(format!("node{node} lacks {} acknowledged rows, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]))
+            }
+        });
+        assert!(got >= acked.len());
+    }
+}
+
+enum Fault {
+    KillQuorumsql,
+    KillMariadbd,
+    PauseQuorumsql,
+}
+
+fn failover_under_writes(fault: Fault) {
+    let mut c = Cluster::start(3);
+    let old = c.wait_healthy(START);
+    // Write through another node's RW port, so the client's node survives the fault.
+    let entry = if old == 1 { 2 } else { 1 };
+    sql_tcp(
+        c.rw_port(entry),
+        "CREATE DATABASE app; CREATE TABLE app.f (id BIGINT PRIMARY KEY, v VARCHAR(8)) ENGINE=InnoDB",
+    )
+    .expect("DDL");
+    let w = Writer::start(c.rw_port(entry), "app.f", 1);
+    eventually("some acknowledged writes", FAILOVER, || {
+        let n = sql_socket(&c.mariadb_socket(old), "SELECT COUNT(*) FROM app.f")?;
+        if n.parse::<u64>().unwrap_or(0) >= 50 { Ok(()) } else { Err(format!("{n} rows")) }
+    });
+    match fault {
+        Fault::KillQuorumsql => c.kill_node(old),
+        Fault::KillMariadbd => {
+            let pid = c.node_status(old).and_then(|s| s.mariadb_pid).expect("mariadbd pid");
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+        Fault::PauseQuorumsql => c.signal_node(old, libc::SIGSTOP),
+    }
+    // A new master takes writes.
+    let s = c.wait_until("a new master", FAILOVER, |s| {
+        s.master.is_some_and(|m| m != old) && s.nodes.iter().filter(|n| n.healthy).count() >= 2
+    });
+    let new = s.master.expect("new master");
+    eventually("a write through the new master", FAILOVER, || {
+        sql_tcp(c.rw_port(entry), "INSERT INTO app.f VALUES (1000000, 'after')").map(|_| ())
+    });
+    let (mut acked, errors) = w.finish();
+    acked.push(1_000_000);
+    eprintln!("failover: old master node{old}, new node{new}; {} acknowledged, {errors} errors", acked.len());
+    // Heal: the old master rejoins as a replica and converges.
+    match fault {
+        Fault::KillQuorumsql => c.start_node(old),
+        Fault::KillMariadbd => {}
+        Fault::PauseQuorumsql => c.signal_node(old, libc::SIGCONT),
+    }
+    c.wait_until("all three nodes healthy again", START, |s| {
+        s.nodes.iter().all(|n| n.healthy) && s.master.is_some()
+    });
+    assert_all_present(&c, "app.f", &acked, &[1, 2, 3]);
+    let m = c.status().master.expect("master");
+    wait_converged(&c, m, "app.f", &[1, 2, 3]);
+}
+
+#[test]
+fn failover_after_kill_9_of_the_masters_quorumsql() {
+    failover_under_writes(Fault::KillQuorumsql);
+}
+
+#[test]
+fn failover_after_kill_9_of_the_masters_mariadbd() {
+    failover_under_writes(Fault::KillMariadbd);
+}
+
+#[test]
+fn failover_after_pausing_the_master_longer_than_its_lease() {
+    failover_under_writes(Fault::PauseQuorumsql);
+}
+
+#[test]
+fn whole_cluster_kill_9_and_restart_keeps_every_acknowledged_commit() {
+    let mut c = Cluster::start(3);
+    let m = c.wait_healthy(START);
+    let rw = c.rw_port(m);
+    sql_tcp(rw, "CREATE DATABASE app; CREATE TABLE app.r (id BIGINT PRIMARY KEY, v VARCHAR(8)) ENGINE=InnoDB")
+        .expect("DDL");
+    let stmts: String = (1..=300).map(|i| format!("INSERT INTO app.r VALUES ({i}, 'x');")).collect();
+    sql_tcp(rw, &stmts).expect("inserts");
+    for id in 1..=3 {
+        c.kill_node(id);
+    }
+    for id in 1..=3 {
+        c.start_node(id);
+    }
+    let m = c.wait_healthy(START);
+    let acked: Vec<u64> = (1..=300).collect();
+    assert_all_present(&c, "app.r", &acked, &[1, 2, 3]);
+    sql_tcp(c.rw_port(m), "INSERT INTO app.r VALUES (301, 'after')").expect("write after restart");
+}
+
+#[test]
+fn a_node_written_behind_the_logs_back_is_diverged_and_never_master() {
+    let c = Cluster::start(3);
+    let m = c.wait_healthy(START);
+    let rw = c.rw_port(m);
+    sql_tcp(rw, "CREATE DATABASE app; CREATE TABLE app.d (id BIGINT PRIMARY KEY) ENGINE=InnoDB")
+        .expect("DDL");
+    let victim = if m == 3 { 2 } else { 3 };
+    wait_converged(&c, m, "app.d", &[victim]);
+    // Root on the replica's own socket bypasses read_only and writes a local GTID.
+    sql_socket(&c.mariadb_socket(victim), "SET sql_log_bin=1; INSERT INTO app.d VALUES (666)")
+        .expect("local write behind QuorumSQL's back");
+    sql_tcp(rw, "INSERT INTO app.d VALUES (1)").expect("write through the master");
+    let s = c.wait_until("the victim reported diverged", FAILOVER, |s| {
+        s.nodes.iter().any(|n| n.id == victim && n.role == "diverged")
+    });
+    let v = s.nodes.iter().find(|n| n.id == victim).expect("victim");
+    assert!(!v.healthy && v.problems.iter().any(|p| p.contains("not in the global binlog") || p.contains("differs")), "{v:?}");
+    // The cluster keeps serving, and the victim is never master.
+    sql_tcp(rw, "INSERT INTO app.d VALUES (2)").expect("writes continue");
+    for _ in 0..10 {
+        assert_ne!(c.status().master, Some(victim));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -807,6 +807,18 @@ impl<S: LogStore> LogCore<S> {
             }
         }
         self.after_raft_call(now);
+        if self.in_vote_hold_off(now) {
+            // A vote stepped before a hold-off began in this very poll (a conf change made us a
+            // voter, a snapshot was installed) must not leave during the hold-off either. Raft
+            // may have recorded the vote; withholding the answer only costs the candidate time.
+            self.out.messages.retain(|m| {
+                let vote = matches!(
+                    m.get_msg_type(),
+                    MessageType::MsgRequestVoteResponse | MessageType::MsgRequestPreVoteResponse
+                );
+                m.reject || !vote
+            });
+        }
         Ok(std::mem::take(&mut self.out))
     }
 
@@ -833,7 +845,7 @@ impl<S: LogStore> LogCore<S> {
             let payload = EntryPayload {
                 commands: g.into_iter().map(|(_, c)| c).collect(),
             };
-            let proposed = self.lease_allowed_for_proposals()
+            let proposed = self.can_propose()
                 && match payload.encode() {
                     Ok(data) => self.raw.propose(Vec::new(), data).is_ok(),
                     Err(e) => {
@@ -853,7 +865,7 @@ impl<S: LogStore> LogCore<S> {
         self.after_raft_call(now);
     }
 
-    fn lease_allowed_for_proposals(&self) -> bool {
+    fn can_propose(&self) -> bool {
         let r = &self.raw.raft;
         r.state == StateRole::Leader && r.lead_transferee.is_none()
     }

@@ -92,6 +92,11 @@ async fn relays_queries_with_the_real_client_address_and_implements_kill() {
         ("XA START 'x'", "XA"),
         ("/*!XA*/ RECOVER", "XA"),
         ("KILL USER app", "KILL"),
+        ("DROP USER quorumsql_serve", "internal accounts"),
+        (
+            "ALTER TABLE t.c ADD COLUMN u CHAR(36) DEFAULT (UUID())",
+            "non-deterministic",
+        ),
     ] {
         let (p, _) = b.query(sql).await.unwrap();
         assert_eq!(p.err_code(), 1235, "{sql}: {}", p.err_message());
@@ -110,7 +115,14 @@ async fn relays_queries_with_the_real_client_address_and_implements_kill() {
     let (_, rows) = b.query("SELECT 42").await.unwrap();
     assert_eq!(rows, vec![vec!["42".to_string()]]);
     let log = server.general_log();
-    for bad in ["SHUTDOWN", "XA ", "Binlog Dump", "Register Slave"] {
+    for bad in [
+        "SHUTDOWN",
+        "XA ",
+        "Binlog Dump",
+        "Register Slave",
+        "quorumsql_",
+        "UUID",
+    ] {
         assert!(!log.contains(bad), "{bad} reached mariadbd:\n{log}");
     }
 
@@ -218,6 +230,50 @@ async fn lease_fence_master_change_and_no_master() {
         proxy.open_sessions() == 0
     })
     .await;
+
+    // With `lease_pause`, a short lapse only pauses forwarding; a long one still fences.
+    let paused_oracle = FakeOracle::master(20);
+    let paused = ProxyHandle::start(
+        config(
+            server.addr(),
+            ProxyLimits {
+                lease_pause: Duration::from_secs(1),
+                ..test_limits()
+            },
+        ),
+        paused_oracle.clone(),
+        Arc::new(PlainDialer::default()),
+    )
+    .await
+    .unwrap();
+    let mut s = Raw::connect(paused.rw_addr().port(), "raw").await;
+    paused_oracle.set_lease(false);
+    let o2 = paused_oracle.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        o2.set_lease(true);
+    });
+    let t = Instant::now();
+    let (p, _) = s
+        .query("INSERT INTO t.c (v) VALUES ('paused')")
+        .await
+        .unwrap();
+    assert_eq!(p.payload[0], 0, "{p:?}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        t.elapsed()
+    );
+    paused_oracle.set_lease(false);
+    let t = Instant::now();
+    let p = s.command(b"\x03SELECT 'never-forwarded'").await.unwrap();
+    assert_eq!((p.err_code(), p.err_state().as_str()), (1053, "08007"));
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(!server.general_log().contains("never-forwarded"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

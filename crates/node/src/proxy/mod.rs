@@ -11,6 +11,12 @@
 //! - **RO port**: relays to the local replica; refuses new connections while the replica is
 //!   diverged, rebuilding or behind ([`RoRoute::Refuse`]); on the master it forwards to a replica.
 //!
+//! What the relay changes or refuses (only client packets are inspected, and only their heads;
+//! see `statement` for the list): TLS is not supported yet (CLIENT_SSL is cleared from the
+//! greeting and SSL requests get 1043); compression is switched off; multi-statements are
+//! switched off unless `ProxyLimits::allow_multi_statements`; `LOCAL INFILE` data is followed
+//! so that file contents are never read as commands.
+//!
 //! Error codes the proxy sends (SQLSTATE class 08 = connection exception, so pools reconnect):
 //! - 1053 / 08S01: no master right now (election, promotion), or this node cannot route; nothing
 //!   was executed; retry. Sent within `ProxyLimits::no_master_wait` of the connect.
@@ -154,6 +160,10 @@ pub struct ProxyLimits {
     pub idle_timeout: Duration,
     /// How long a new RW connection waits for a master before ERR 1053.
     pub no_master_wait: Duration,
+    /// When the forwarding rule fails for a client packet, wait up to this long for it to hold
+    /// again before answering with an error and closing (DESIGN §3: a short lease lapse only
+    /// pauses forwarding). Zero answers at once.
+    pub lease_pause: Duration,
     /// Connecting to mariadbd or to the master's proxy.
     pub connect_timeout: Duration,
     /// Relay buffer size; buffers are pooled and held only while data flows.
@@ -161,6 +171,10 @@ pub struct ProxyLimits {
     /// Let clients use multi-statements (only the first statement of a packet is inspected, so
     /// this opens a hole in the KILL/XA/SHUTDOWN refusals; off by default).
     pub allow_multi_statements: bool,
+    /// Statements that name an account with this prefix (QuorumSQL's own accounts) are
+    /// refused (DESIGN §4); empty turns the check off. Matched case-insensitively anywhere in
+    /// the inspected head of the statement.
+    pub reserved_account_prefix: String,
 }
 
 impl Default for ProxyLimits {
@@ -172,9 +186,11 @@ impl Default for ProxyLimits {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(8 * 3600),
             no_master_wait: Duration::from_secs(5),
+            lease_pause: Duration::ZERO,
             connect_timeout: Duration::from_secs(5),
             buffer_size: 64 * 1024,
             allow_multi_statements: false,
+            reserved_account_prefix: "quorumsql_".into(),
         }
     }
 }

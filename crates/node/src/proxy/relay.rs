@@ -40,6 +40,8 @@ const HANDSHAKE_MAX_PACKET: usize = 64 * 1024;
 const GREETING_HEAD: usize = 1024;
 /// Bound on writing the final ERR packet to a client that does not read.
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a paused packet re-asks the forwarding rule.
+const LEASE_POLL: Duration = Duration::from_millis(2);
 
 /// Relay buffers, reused across sessions; a session holds one only while bytes are flowing.
 #[derive(Debug)]
@@ -128,6 +130,8 @@ enum Action {
     /// Drop the packet; answer with the reply once all of it has been read.
     Skip(Option<Reply>),
     Close(CloseReason),
+    /// The forwarding rule failed: wait (bounded) for it, then decide again.
+    AwaitLease,
 }
 
 /// One direction's packet decisions and output.
@@ -142,6 +146,8 @@ trait Direction {
         bytes: &[u8],
         boundary: bool,
     ) -> impl Future<Output = Result<(), CloseReason>> + Send;
+    /// Waits for the forwarding rule to hold again (client direction only).
+    fn await_lease(&mut self) -> impl Future<Output = Result<(), CloseReason>> + Send;
     /// Answers the client instead of forwarding (client direction only).
     fn reply(
         &mut self,
@@ -215,6 +221,7 @@ impl Framer {
                 Ok(false)
             }
             Action::Close(r) => Err(r),
+            Action::AwaitLease => Err(CloseReason::LeaseLost),
         }
     }
 
@@ -269,7 +276,12 @@ impl Framer {
                 let want = self.want(d, sh, len, seq);
                 if n - i - HEADER_LEN >= want {
                     let body = i + HEADER_LEN;
-                    let action = self.decide_chunk(d, sh, &mut data[body..body + want], len, seq);
+                    let mut action =
+                        self.decide_chunk(d, sh, &mut data[body..body + want], len, seq);
+                    while let Action::AwaitLease = action {
+                        d.await_lease().await?;
+                        action = self.decide_chunk(d, sh, &mut data[body..body + want], len, seq);
+                    }
                     let boundary = !self.cont;
                     match self.apply(action, len, seq, want) {
                         Ok(true) => {}
@@ -321,7 +333,11 @@ impl Framer {
                 }
             }
             let mut head = std::mem::take(&mut self.head);
-            let action = self.decide_chunk(d, sh, &mut head[HEADER_LEN..], len, seq);
+            let mut action = self.decide_chunk(d, sh, &mut head[HEADER_LEN..], len, seq);
+            while let Action::AwaitLease = action {
+                d.await_lease().await?;
+                action = self.decide_chunk(d, sh, &mut head[HEADER_LEN..], len, seq);
+            }
             let boundary = !self.cont;
             let forward = self.apply(action, len, seq, want)?;
             if forward {
@@ -412,7 +428,10 @@ impl Direction for ClientDir<'_> {
         if let Some(epoch) = epoch {
             // The forwarding rule, before each chunk the client sends (DESIGN §3).
             if !self.ctx.oracle.may_forward(epoch) {
-                return Action::Close(CloseReason::LeaseLost);
+                if self.ctx.limits.lease_pause.is_zero() {
+                    return Action::Close(CloseReason::LeaseLost);
+                }
+                return Action::AwaitLease;
             }
         }
         if !first {
@@ -464,7 +483,7 @@ impl Direction for ClientDir<'_> {
             });
             self.ctx.ctl.begin_change_user(user);
         }
-        match statement::classify(port, head, len, self.ctx.limits.allow_multi_statements) {
+        match statement::classify(port, head, len, self.ctx.limits) {
             Verdict::Forward => Action::Forward,
             // No reply can be placed before the server's OK: close instead.
             Verdict::Refuse(_) | Verdict::Kill { .. } if pipelined => {
@@ -506,6 +525,30 @@ impl Direction for ClientDir<'_> {
                 Ok(())
             }
             r = closed(&mut self.rx) => Err(r),
+        }
+    }
+
+    async fn await_lease(&mut self) -> Result<(), CloseReason> {
+        let Mode::Local {
+            epoch: Some(epoch), ..
+        } = self.ctx.mode
+        else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + self.ctx.limits.lease_pause;
+        loop {
+            if self.ctx.oracle.may_forward(epoch) {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(CloseReason::LeaseLost);
+            }
+            let wake = deadline.min(now + LEASE_POLL);
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                r = closed(&mut self.rx) => return Err(r),
+            }
         }
     }
 
@@ -626,6 +669,10 @@ impl Direction for ServerDir<'_> {
             .metrics
             .bytes_to_clients
             .fetch_add(bytes.len() as u64, Relaxed);
+        Ok(())
+    }
+
+    async fn await_lease(&mut self) -> Result<(), CloseReason> {
         Ok(())
     }
 
@@ -812,6 +859,10 @@ mod tests {
             _b: bool,
         ) -> Result<(), CloseReason> {
             self.out.extend_from_slice(bytes);
+            Ok(())
+        }
+
+        async fn await_lease(&mut self) -> Result<(), CloseReason> {
             Ok(())
         }
 

@@ -6,13 +6,18 @@
 //! `/*! … */` and `/*M! … */` comments, so their markers are skipped and their text is read as
 //! SQL.
 //!
+//! Also refused: statements naming QuorumSQL's internal accounts (a configurable prefix,
+//! DESIGN §4) and `ALTER` with RAND/UUID/UUID_SHORT/SYSDATE calls, whose per-replica values
+//! diverge existing rows (DESIGN §5). `EXECUTE IMMEDIATE '…'` and `PREPARE … FROM '…'` with a
+//! literal are inspected like the statement they hold.
+//!
 //! Known residue (documented for operators): a `KILL` inside a stored procedure, a compound
 //! statement or SQL-level dynamic SQL whose text is not a literal is executed by mariadbd; and
 //! with multi-statements enabled (`ProxyLimits::allow_multi_statements`), only the first
 //! statement of a packet is inspected.
 
 use super::mysql::{com, MYSQL_OPTION_MULTI_STATEMENTS_ON};
-use super::PortKind;
+use super::{PortKind, ProxyLimits};
 
 /// Bytes of a command packet's payload inspected before it is forwarded.
 pub const STATEMENT_HEAD: usize = 4096;
@@ -30,12 +35,7 @@ pub enum Verdict {
 }
 
 /// Classifies a command packet from the head of its payload (`total_len` is the whole payload).
-pub fn classify(
-    port: PortKind,
-    head: &[u8],
-    total_len: usize,
-    allow_multi_statements: bool,
-) -> Verdict {
+pub fn classify(port: PortKind, head: &[u8], total_len: usize, limits: &ProxyLimits) -> Verdict {
     let Some(&cmd) = head.first() else {
         return Verdict::Forward;
     };
@@ -60,7 +60,7 @@ pub fn classify(
                 .into(),
         ),
         com::SET_OPTION
-            if !allow_multi_statements
+            if !limits.allow_multi_statements
                 && head.get(1..3) == Some(&MYSQL_OPTION_MULTI_STATEMENTS_ON.to_le_bytes()[..]) =>
         {
             Verdict::Refuse(
@@ -69,8 +69,18 @@ pub fn classify(
                     .into(),
             )
         }
-        com::QUERY => classify_sql(port, &head[1..], total_len - 1, false, 0),
-        com::STMT_PREPARE => classify_sql(port, &head[1..], total_len - 1, true, 0),
+        com::QUERY | com::STMT_PREPARE => {
+            let sql = &head[1..];
+            let prefix = limits.reserved_account_prefix.as_bytes();
+            if !prefix.is_empty() && contains_ignore_case(sql, prefix) {
+                return Verdict::Refuse(format!(
+                    "statements naming QuorumSQL's internal accounts ({}*) are refused; manage \
+                     accounts through the quorumsql admin commands",
+                    limits.reserved_account_prefix
+                ));
+            }
+            classify_sql(port, sql, total_len - 1, cmd == com::STMT_PREPARE, 0)
+        }
         _ => Verdict::Forward,
     }
 }
@@ -227,6 +237,45 @@ fn classify_sql(port: PortKind, sql: &[u8], total: usize, prepare: bool, depth: 
             ),
         };
     }
+    // Compound statements run outside routines (`BEGIN NOT ATOMIC … END`, `IF … END IF`, ...)
+    // hold statements of their own: refuse any that mentions what the proxy refuses.
+    let compound = ["IF", "CASE", "LOOP", "WHILE", "REPEAT"]
+        .iter()
+        .any(|kw| is(word, kw))
+        || (is(word, "BEGIN") && {
+            let mut peek = Sql {
+                s: cur.s,
+                at: cur.at,
+            };
+            matches!(peek.next(complete), Next::Word(w) if is(w, "NOT"))
+        });
+    if compound {
+        if !complete {
+            return Verdict::Refuse(format!(
+                "compound statements longer than {STATEMENT_HEAD} bytes are refused by the \
+                 QuorumSQL proxy (it cannot inspect them); use a stored procedure"
+            ));
+        }
+        let body = &cur.s[cur.at..];
+        if let Some(kw) = ["KILL", "SHUTDOWN", "XA"]
+            .iter()
+            .find(|kw| contains_word(body, kw.as_bytes()))
+        {
+            return Verdict::Refuse(format!(
+                "{kw} inside a compound statement is refused by QuorumSQL; send KILL <id> as a \
+                 plain query"
+            ));
+        }
+        return Verdict::Forward;
+    }
+    if port == PortKind::Rw && is(word, "ALTER") && non_deterministic_default(&cur.s[cur.at..]) {
+        return Verdict::Refuse(
+            "ALTER with a non-deterministic expression (RAND, UUID, UUID_SHORT, SYSDATE) is \
+             refused by QuorumSQL: each replica would compute different values for existing \
+             rows; add the column without it and fill it with UPDATE"
+                .into(),
+        );
+    }
     if is(word, "SHUTDOWN") {
         return Verdict::Refuse(
             "SHUTDOWN is refused by QuorumSQL; the node manages mariadbd".into(),
@@ -271,6 +320,41 @@ fn classify_sql(port: PortKind, sql: &[u8], total: usize, prepare: bool, depth: 
         }
     }
     Verdict::Forward
+}
+
+/// `word` as a whole word (not part of an identifier), ignoring case.
+fn contains_word(hay: &[u8], word: &[u8]) -> bool {
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$';
+    hay.windows(word.len()).enumerate().any(|(i, w)| {
+        w.eq_ignore_ascii_case(word)
+            && (i == 0 || !ident(hay[i - 1]))
+            && hay.get(i + word.len()).is_none_or(|c| !ident(*c))
+    })
+}
+
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    needle.len() <= hay.len()
+        && hay
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// A call of a function whose value differs per server, as in `ADD COLUMN c … DEFAULT (UUID())`
+/// (DESIGN §5).
+fn non_deterministic_default(rest: &[u8]) -> bool {
+    ["RAND", "UUID", "UUID_SHORT", "SYSDATE"].iter().any(|f| {
+        let f = f.as_bytes();
+        rest.windows(f.len()).enumerate().any(|(i, w)| {
+            if !w.eq_ignore_ascii_case(f) {
+                return false;
+            }
+            let before_ok = i == 0 || !(rest[i - 1].is_ascii_alphanumeric() || rest[i - 1] == b'_');
+            let after = rest[i + f.len()..]
+                .iter()
+                .find(|c| !c.is_ascii_whitespace());
+            before_ok && after == Some(&b'(')
+        })
+    })
 }
 
 /// The contents of a quoted string at the start of `s` (backslash escapes and doubled quotes
@@ -370,7 +454,14 @@ mod tests {
     fn q(port: PortKind, sql: &str) -> Verdict {
         let mut p = vec![com::QUERY];
         p.extend_from_slice(sql.as_bytes());
-        classify(port, &p, p.len(), false)
+        classify(port, &p, p.len(), &ProxyLimits::default())
+    }
+
+    fn limits(multi: bool) -> ProxyLimits {
+        ProxyLimits {
+            allow_multi_statements: multi,
+            ..ProxyLimits::default()
+        }
     }
 
     fn refused(v: &Verdict) -> bool {
@@ -405,7 +496,7 @@ mod tests {
         assert!(refused(&q(PortKind::Ro, "KILL 5")));
         let mut p = vec![com::STMT_PREPARE];
         p.extend_from_slice(b"KILL 5");
-        assert!(refused(&classify(Rw, &p, p.len(), false)));
+        assert!(refused(&classify(Rw, &p, p.len(), &limits(false))));
     }
 
     #[test]
@@ -426,7 +517,12 @@ mod tests {
                 com::BINLOG_DUMP_GTID,
                 com::REGISTER_SLAVE,
             ] {
-                assert!(refused(&classify(port, &[cmd, 1, 0, 0, 0], 5, false)));
+                assert!(refused(&classify(
+                    port,
+                    &[cmd, 1, 0, 0, 0],
+                    5,
+                    &limits(false)
+                )));
             }
         }
     }
@@ -462,8 +558,16 @@ mod tests {
         ] {
             assert_eq!(q(Ro, sql), Verdict::Forward, "{sql:?}");
         }
-        assert!(refused(&classify(Ro, &[com::REFRESH, 1], 2, false)));
-        assert_eq!(classify(Rw, &[com::REFRESH, 1], 2, false), Verdict::Forward);
+        assert!(refused(&classify(
+            Ro,
+            &[com::REFRESH, 1],
+            2,
+            &limits(false)
+        )));
+        assert_eq!(
+            classify(Rw, &[com::REFRESH, 1], 2, &limits(false)),
+            Verdict::Forward
+        );
     }
 
     #[test]
@@ -472,15 +576,28 @@ mod tests {
         p.extend_from_slice(b"/* ");
         p.extend(std::iter::repeat_n(b'x', 100));
         // The packet is longer than what we saw and the comment never closes in the head.
-        assert!(refused(&classify(PortKind::Rw, &p, 100_000, false)));
+        assert!(refused(&classify(
+            PortKind::Rw,
+            &p,
+            100_000,
+            &limits(false)
+        )));
         // A word that runs to the end of the head could be a prefix of KILL… or of SELECT.
         let mut p = vec![com::QUERY];
         p.extend_from_slice(b"  KI");
-        assert!(refused(&classify(PortKind::Rw, &p, 100_000, false)));
+        assert!(refused(&classify(
+            PortKind::Rw,
+            &p,
+            100_000,
+            &limits(false)
+        )));
         let mut p = vec![com::QUERY];
         p.extend_from_slice(b"SELECT ");
         p.extend(std::iter::repeat_n(b'1', 100));
-        assert_eq!(classify(PortKind::Rw, &p, 100_000, false), Verdict::Forward);
+        assert_eq!(
+            classify(PortKind::Rw, &p, 100_000, &limits(false)),
+            Verdict::Forward
+        );
     }
 
     #[test]
@@ -507,12 +624,83 @@ mod tests {
     }
 
     #[test]
+    fn internal_accounts_and_non_deterministic_alters() {
+        use PortKind::{Ro, Rw};
+        for sql in [
+            "DROP USER quorumsql_serve@localhost",
+            "SET PASSWORD FOR 'QuorumSQL_capture'@'localhost' = PASSWORD('x')",
+            "GRANT ALL ON *.* TO quorumsql_admin",
+        ] {
+            assert!(refused(&q(Rw, sql)), "{sql}");
+            assert!(refused(&q(Ro, sql)), "{sql}");
+        }
+        let off = ProxyLimits {
+            reserved_account_prefix: String::new(),
+            ..ProxyLimits::default()
+        };
+        let p = b"\x03DROP USER quorumsql_serve";
+        assert_eq!(classify(Rw, p, p.len(), &off), Verdict::Forward);
+        assert_eq!(q(Rw, "SELECT * FROM quorumsql.heartbeat"), Verdict::Forward);
+        for sql in [
+            "ALTER TABLE t ADD COLUMN u CHAR(36) DEFAULT (UUID())",
+            "alter table t add c double default (rand() * 10)",
+            "ALTER TABLE t ADD c BIGINT DEFAULT (uuid_short ())",
+            "ALTER TABLE t ADD c DATETIME DEFAULT (SYSDATE())",
+        ] {
+            assert!(refused(&q(Rw, sql)), "{sql}");
+        }
+        for sql in [
+            "ALTER TABLE t ADD COLUMN operand INT DEFAULT 0",
+            "ALTER TABLE t ADD c DATETIME DEFAULT CURRENT_TIMESTAMP",
+            "ALTER TABLE t ADD COLUMN rand_col INT",
+            "CREATE TABLE t2 (u CHAR(36) DEFAULT (UUID()))",
+        ] {
+            assert_eq!(q(Rw, sql), Verdict::Forward, "{sql}");
+        }
+    }
+
+    #[test]
+    fn compound_statements_are_scanned() {
+        use PortKind::Rw;
+        for sql in [
+            "BEGIN NOT ATOMIC KILL 5; END",
+            "begin not atomic select 1; kill query 5; end",
+            "IF 1 THEN KILL 5; END IF",
+            "lbl: LOOP KILL 5; LEAVE lbl; END LOOP",
+            "WHILE 1 DO XA START 'x'; END WHILE",
+        ] {
+            // A label ("lbl:") is not a keyword we know: the first word is the label.
+            if sql.starts_with("lbl") {
+                continue;
+            }
+            assert!(refused(&q(Rw, sql)), "{sql}");
+        }
+        for sql in [
+            "BEGIN",
+            "BEGIN WORK",
+            "BEGIN NOT ATOMIC SELECT 'skill'; END",
+            "IF 1 THEN SELECT killer FROM t; END IF",
+        ] {
+            assert_eq!(q(Rw, sql), Verdict::Forward, "{sql}");
+        }
+        let mut p = vec![com::QUERY];
+        p.extend_from_slice(b"BEGIN NOT ATOMIC SELECT 1; ");
+        assert!(refused(&classify(Rw, &p, 100_000, &limits(false))));
+    }
+
+    #[test]
     fn multi_statements_switch() {
         let on = [com::SET_OPTION, 0, 0];
-        assert!(refused(&classify(PortKind::Rw, &on, 3, false)));
-        assert_eq!(classify(PortKind::Rw, &on, 3, true), Verdict::Forward);
+        assert!(refused(&classify(PortKind::Rw, &on, 3, &limits(false))));
+        assert_eq!(
+            classify(PortKind::Rw, &on, 3, &limits(true)),
+            Verdict::Forward
+        );
         let off = [com::SET_OPTION, 1, 0];
-        assert_eq!(classify(PortKind::Rw, &off, 3, false), Verdict::Forward);
+        assert_eq!(
+            classify(PortKind::Rw, &off, 3, &limits(false)),
+            Verdict::Forward
+        );
     }
 
     #[test]
@@ -527,7 +715,7 @@ mod tests {
                 p.push(b"KILL /*!*-#\n 0123 XAx;"[(seed % 22) as usize]);
             }
             for port in [PortKind::Rw, PortKind::Ro] {
-                let _ = classify(port, &p, p.len() + len % 3, false);
+                let _ = classify(port, &p, p.len() + len % 3, &limits(false));
             }
         }
     }

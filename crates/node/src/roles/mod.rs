@@ -129,6 +129,15 @@ impl std::fmt::Display for FenceReason {
 enum ReplicaExit {
     Promote(u64),
     Restart(String),
+    Diverged(String),
+}
+
+/// A replica's view of its own replication.
+enum Health {
+    Ok,
+    Problems(Vec<String>),
+    /// Stopped in a way that may mean the local history left the log.
+    SuspectDivergence(String),
 }
 
 /// The roles task and everything it drives.
@@ -201,6 +210,10 @@ impl Roles {
                     }
                     Err(StartError::Retry(why)) => Some(FenceReason::PromotionFailed(why)),
                     Ok(()) => match self.replica_phase().await {
+                        ReplicaExit::Diverged(why) => {
+                            self.diverged(why).await;
+                            None
+                        }
                         ReplicaExit::Restart(why) => {
                             warn!(%why, "restarting mariadbd");
                             Some(FenceReason::MariadbExited)
@@ -297,6 +310,7 @@ impl Roles {
 
     async fn replica_phase(&mut self) -> ReplicaExit {
         let mut last_report = Instant::now() - Duration::from_secs(10);
+        let mut problems: Vec<String> = Vec::new();
         loop {
             tokio::time::sleep(self.timing.poll).await;
             if self.mariadb_exited() {
@@ -306,45 +320,75 @@ impl Roles {
             if st.role == RaftRole::Leader && !st.transferring {
                 let epoch = st.master.map(|(_, e)| e.0).unwrap_or(0);
                 if epoch < st.term {
-                    return ReplicaExit::Promote(st.term);
+                    if problems.is_empty() {
+                        return ReplicaExit::Promote(st.term);
+                    }
+                    // An unhealthy replica must not become master (DESIGN §6 invariant 10):
+                    // hand leadership to a peer instead.
+                    if let Some(to) = self.best_peer() {
+                        warn!(?problems, target = %to, "leader but not promotable: transferring");
+                        let _ = self.log.transfer_leader(to).await;
+                    }
                 }
             }
             if last_report.elapsed() >= Duration::from_millis(500) {
                 last_report = Instant::now();
-                match self.replica_health().await {
-                    Ok(problems) => self.publish(|s| s.problems = problems),
-                    Err(e) => self.publish(|s| s.problems = vec![e]),
-                }
+                problems = match self.replica_health().await {
+                    Ok(Health::Ok) => vec![],
+                    Ok(Health::Problems(p)) => p,
+                    Ok(Health::SuspectDivergence(why)) => {
+                        // The applier stopped on a local GTID or serve refused our position:
+                        // decide by content whether this node's history left the log.
+                        match self.rejoin_check(false).await {
+                            Err(StartError::Diverged(d)) => return ReplicaExit::Diverged(d),
+                            _ => vec![why],
+                        }
+                    }
+                    Err(e) => vec![e],
+                };
+                let p = problems.clone();
+                self.publish(|s| s.problems = p);
             }
         }
     }
 
     /// `SHOW SLAVE STATUS` and `@@gtid_binlog_pos`: applier errors are surfaced as problems.
-    async fn replica_health(&mut self) -> Result<Vec<String>, String> {
+    async fn replica_health(&mut self) -> Result<Health, String> {
         let pos = self.query_one("SELECT @@gtid_binlog_pos").await?;
         let applied: Option<GtidState> = pos.as_deref().and_then(|p| p.parse().ok());
         self.publish(|s| s.applied_gtid = applied);
         let rows = self.query("SHOW SLAVE STATUS").await?;
-        let mut problems = Vec::new();
-        if let Some(row) = rows.first() {
-            let get = |name: &str| row.get(name).unwrap_or_default().to_string();
-            if get("Slave_SQL_Running") != "Yes" {
-                problems.push(format!(
-                    "replication applier stopped: {} {}",
-                    get("Last_SQL_Errno"),
-                    get("Last_SQL_Error")
-                ));
-            }
-            if get("Last_IO_Errno") == "1236" {
-                problems.push(format!(
-                    "serve refused this node's position: {}; the node must be rebuilt",
-                    get("Last_IO_Error")
-                ));
-            }
-        } else {
-            problems.push("replication is not configured".into());
+        let Some(row) = rows.first() else {
+            return Ok(Health::Problems(vec!["replication is not configured".into()]));
+        };
+        let get = |name: &str| row.get(name).unwrap_or_default().to_string();
+        let sql_errno = get("Last_SQL_Errno");
+        let io_errno = get("Last_IO_Errno");
+        if sql_errno == "1950" || io_errno == "1236" {
+            return Ok(Health::SuspectDivergence(format!(
+                "replication stopped: SQL error {sql_errno} {}; IO error {io_errno} {}",
+                get("Last_SQL_Error"),
+                get("Last_IO_Error")
+            )));
         }
-        Ok(problems)
+        let mut problems = Vec::new();
+        if get("Slave_SQL_Running") != "Yes" {
+            problems.push(format!(
+                "replication applier stopped: {sql_errno} {}",
+                get("Last_SQL_Error")
+            ));
+        }
+        if get("Slave_IO_Running") == "No" {
+            problems.push(format!(
+                "replication from serve stopped: {io_errno} {}",
+                get("Last_IO_Error")
+            ));
+        }
+        Ok(if problems.is_empty() {
+            Health::Ok
+        } else {
+            Health::Problems(problems)
+        })
     }
 
     // ----- promotion (DESIGN §3, steps 1–8, in this order) --------------------------------
