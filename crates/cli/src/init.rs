@@ -35,7 +35,10 @@ pub fn run(args: InitArgs) -> Result<(), String> {
         ));
     }
     if args.base_port == 0 || args.base_port > 65530 {
-        return Err(format!("--base-port {} leaves no room for 6 ports", args.base_port));
+        return Err(format!(
+            "--base-port {} leaves no room for 6 ports",
+            args.base_port
+        ));
     }
     let secret = generate_secret();
     let members: Vec<_> = args
@@ -61,7 +64,9 @@ pub fn run(args: InitArgs) -> Result<(), String> {
             raft: RaftSection::default(),
             admin: AdminSection::default(),
         };
-        let text = cfg.to_toml().map_err(|e| format!("cannot render config: {e}"))?;
+        let text = cfg
+            .to_toml()
+            .map_err(|e| format!("cannot render config: {e}"))?;
         let path = args.out.join(format!("node{}.toml", m.id));
         std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         println!("wrote {} (host {})", path.display(), m.rw.ip());

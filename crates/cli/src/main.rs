@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "quorumsql", version, about = "MariaDB made highly available by a replicated binlog")]
+#[command(
+    name = "quorumsql",
+    version,
+    about = "MariaDB made highly available by a replicated binlog"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -54,8 +58,8 @@ fn main() -> ExitCode {
     let result: Result<(), String> = runtime.block_on(async move {
         match cli.command {
             Command::Node { config } => {
-                let cfg = quorumsql_node::config::NodeConfig::load(&config)
-                    .map_err(|e| e.to_string())?;
+                let cfg =
+                    quorumsql_node::config::NodeConfig::load(&config).map_err(|e| e.to_string())?;
                 quorumsql_node::daemon::run(cfg)
                     .await
                     .map_err(|e| e.to_string())

@@ -26,8 +26,12 @@ pub async fn run(args: StatusArgs) -> Result<(), String> {
     let cluster: ClusterStatus = match (&args.config, &args.admin) {
         (Some(path), _) => {
             let cfg = NodeConfig::load(path).map_err(|e| e.to_string())?;
-            let members: Vec<(u64, SocketAddr)> =
-                cfg.cluster.members.iter().map(|m| (m.id, m.admin)).collect();
+            let members: Vec<(u64, SocketAddr)> = cfg
+                .cluster
+                .members
+                .iter()
+                .map(|m| (m.id, m.admin))
+                .collect();
             ClusterStatus::gather(&members, timeout).await
         }
         (None, Some(addr)) => fetch_json(*addr, "/cluster", timeout)
@@ -42,8 +46,12 @@ pub async fn run(args: StatusArgs) -> Result<(), String> {
                 );
             }
             let cfg = NodeConfig::load(&default).map_err(|e| e.to_string())?;
-            let members: Vec<(u64, SocketAddr)> =
-                cfg.cluster.members.iter().map(|m| (m.id, m.admin)).collect();
+            let members: Vec<(u64, SocketAddr)> = cfg
+                .cluster
+                .members
+                .iter()
+                .map(|m| (m.id, m.admin))
+                .collect();
             ClusterStatus::gather(&members, timeout).await
         }
     };
@@ -85,8 +93,14 @@ fn print_table(c: &ClusterStatus) {
             s.last_gtid.clone().unwrap_or_else(dash),
             s.applied_gtid.clone().unwrap_or_else(dash),
             lag(s).map(|l| l.to_string()).unwrap_or_else(dash),
-            s.lease_remaining_ms.map(|l| l.to_string()).unwrap_or_else(dash),
-            if s.healthy { "ok".to_string() } else { s.problems.join("; ") }
+            s.lease_remaining_ms
+                .map(|l| l.to_string())
+                .unwrap_or_else(dash),
+            if s.healthy {
+                "ok".to_string()
+            } else {
+                s.problems.join("; ")
+            }
         );
     }
     println!("{}", c.verdict);
@@ -94,8 +108,7 @@ fn print_table(c: &ClusterStatus) {
 
 /// Transactions the node's mariadbd is behind the log (same domain, by sequence number).
 fn lag(s: &NodeStatus) -> Option<u64> {
-    let seq = |g: &Option<String>| -> Option<u64> {
-        g.as_deref()?.rsplit('-').next()?.parse().ok()
-    };
+    let seq =
+        |g: &Option<String>| -> Option<u64> { g.as_deref()?.rsplit('-').next()?.parse().ok() };
     Some(seq(&s.last_gtid)?.saturating_sub(seq(&s.applied_gtid).unwrap_or(0)))
 }

@@ -45,7 +45,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .map(|i| s.split_at(i))
         .unwrap_or((s, "s"));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30s or 2m"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s or 2m"))?;
     match unit {
         "s" | "" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
@@ -56,7 +58,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 pub async fn run(args: UpArgs) -> Result<(), String> {
     if ![3, 5].contains(&args.nodes) {
-        return Err(format!("--nodes {}: a cluster has 3 or 5 nodes", args.nodes));
+        return Err(format!(
+            "--nodes {}: a cluster has 3 or 5 nodes",
+            args.nodes
+        ));
     }
     if args.base_port == 0 || u32::from(args.base_port) + 10 * args.nodes as u32 > 65535 {
         return Err(format!(
@@ -112,7 +117,11 @@ pub async fn run(args: UpArgs) -> Result<(), String> {
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start node {id}: {e}"))?;
-        println!("started node{id} (pid {}), log {}", child.id().unwrap_or(0), log_path.display());
+        println!(
+            "started node{id} (pid {}), log {}",
+            child.id().unwrap_or(0),
+            log_path.display()
+        );
         children.push((*id, child));
     }
 
@@ -123,7 +132,10 @@ pub async fn run(args: UpArgs) -> Result<(), String> {
         .collect();
     let status_cmd = format!(
         "quorumsql status --config {}",
-        configs.first().map(|(_, p)| p.display().to_string()).unwrap_or_default()
+        configs
+            .first()
+            .map(|(_, p)| p.display().to_string())
+            .unwrap_or_default()
     );
 
     let deadline = Instant::now() + args.wait;
@@ -139,10 +151,16 @@ pub async fn run(args: UpArgs) -> Result<(), String> {
             println!("{}", status.verdict);
             println!();
             println!("Connect (read-write, any node's RW port reaches the master):");
-            println!("  mariadb -h127.0.0.1 -P{rw_port} -u{} -p{}", args.user, args.password);
+            println!(
+                "  mariadb -h127.0.0.1 -P{rw_port} -u{} -p{}",
+                args.user, args.password
+            );
             println!("Read-only port of node i: {} + 10(i-1) + 1", args.base_port);
             println!("Cluster status:  {status_cmd}");
-            println!("Ctrl-C stops every process this command started; data stays in {}.", dir.display());
+            println!(
+                "Ctrl-C stops every process this command started; data stays in {}.",
+                dir.display()
+            );
         }
         Err(e) => {
             stop_all(&mut children).await;
@@ -216,7 +234,9 @@ fn write_or_reuse_configs(dir: &Path, args: &UpArgs) -> Result<Vec<(u64, PathBuf
             raft: RaftSection::default(),
             admin: AdminSection::default(),
         };
-        let text = cfg.to_toml().map_err(|e| format!("cannot render config: {e}"))?;
+        let text = cfg
+            .to_toml()
+            .map_err(|e| format!("cannot render config: {e}"))?;
         // Validate what we wrote exactly as `quorumsql node` will read it.
         NodeConfig::parse(&text, path).map_err(|e| e.to_string())?;
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;

@@ -30,16 +30,22 @@ fn checksum(c: &Cluster, id: u64, table: &str) -> Result<String, String> {
 
 /// Waits until every running node's mariadbd holds the same data in `table` as the master's.
 fn wait_converged(c: &Cluster, master: u64, table: &str, ids: &[u64]) {
-    let want = eventually("the master's checksum", FAILOVER, || checksum(c, master, table));
+    let want = eventually("the master's checksum", FAILOVER, || {
+        checksum(c, master, table)
+    });
     for &id in ids {
-        eventually(&format!("node{id} to converge on {table}"), FAILOVER, || {
-            let got = checksum(c, id, table)?;
-            if got == want {
-                Ok(())
-            } else {
-                Err(format!("node{id}: {got} != master node{master}: {want}"))
-            }
-        });
+        eventually(
+            &format!("node{id} to converge on {table}"),
+            FAILOVER,
+            || {
+                let got = checksum(c, id, table)?;
+                if got == want {
+                    Ok(())
+                } else {
+                    Err(format!("node{id}: {got} != master node{master}: {want}"))
+                }
+            },
+        );
     }
 }
 
@@ -70,8 +76,11 @@ fn three_nodes_replicate_through_the_master() {
     wait_converged(&c, master, "app.t", &[1, 2, 3]);
     // Writes through a non-master node's RW port reach the master too.
     let other = if master == 1 { 2 } else { 1 };
-    sql_tcp(c.rw_port(other), "INSERT INTO app.t VALUES (5000, 'via replica port')")
-        .expect("insert through a replica node's RW port");
+    sql_tcp(
+        c.rw_port(other),
+        "INSERT INTO app.t VALUES (5000, 'via replica port')",
+    )
+    .expect("insert through a replica node's RW port");
     wait_converged(&c, master, "app.t", &[1, 2, 3]);
     let s = c.status();
     assert!(s.nodes.iter().all(|n| n.healthy), "{s:?}");
@@ -116,17 +125,29 @@ impl Writer {
 /// Every acknowledged id is present on every node's mariadbd.
 fn assert_all_present(c: &Cluster, table: &str, acked: &[u64], ids: &[u64]) {
     for &node in ids {
-        let got = eventually(&format!("node{node} to hold every acknowledged row"), FAILOVER, || {
-            let list = sql_socket(&c.mariadb_socket(node), &format!("SELECT id FROM {table}"))?;
-            let have: std::collections::HashSet<u64> =
-                list.lines().filter_map(|l| l.trim().parse().ok()).collect();
-            let missing: Vec<u64> = acked.iter().copied().filter(|i| !have.contains(i)).collect();
-            if missing.is_empty() {
-                Ok(have.len())
-            } else {
-                Err(format!("node{node} lacks {} acknowledged rows, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]))
-            }
-        });
+        let got = eventually(
+            &format!("node{node} to hold every acknowledged row"),
+            FAILOVER,
+            || {
+                let list = sql_socket(&c.mariadb_socket(node), &format!("SELECT id FROM {table}"))?;
+                let have: std::collections::HashSet<u64> =
+                    list.lines().filter_map(|l| l.trim().parse().ok()).collect();
+                let missing: Vec<u64> = acked
+                    .iter()
+                    .copied()
+                    .filter(|i| !have.contains(i))
+                    .collect();
+                if missing.is_empty() {
+                    Ok(have.len())
+                } else {
+                    Err(format!(
+                        "node{node} lacks {} acknowledged rows, e.g. {:?}",
+                        missing.len(),
+                        &missing[..missing.len().min(5)]
+                    ))
+                }
+            },
+        );
         assert!(got >= acked.len());
     }
 }
@@ -150,12 +171,19 @@ fn failover_under_writes(fault: Fault) {
     let w = Writer::start(c.rw_port(entry), "app.f", 1);
     eventually("some acknowledged writes", FAILOVER, || {
         let n = sql_socket(&c.mariadb_socket(old), "SELECT COUNT(*) FROM app.f")?;
-        if n.parse::<u64>().unwrap_or(0) >= 50 { Ok(()) } else { Err(format!("{n} rows")) }
+        if n.parse::<u64>().unwrap_or(0) >= 50 {
+            Ok(())
+        } else {
+            Err(format!("{n} rows"))
+        }
     });
     match fault {
         Fault::KillQuorumsql => c.kill_node(old),
         Fault::KillMariadbd => {
-            let pid = c.node_status(old).and_then(|s| s.mariadb_pid).expect("mariadbd pid");
+            let pid = c
+                .node_status(old)
+                .and_then(|s| s.mariadb_pid)
+                .expect("mariadbd pid");
             unsafe {
                 libc::kill(pid as i32, libc::SIGKILL);
             }
@@ -168,11 +196,18 @@ fn failover_under_writes(fault: Fault) {
     });
     let new = s.master.expect("new master");
     eventually("a write through the new master", FAILOVER, || {
-        sql_tcp(c.rw_port(entry), "INSERT INTO app.f VALUES (1000000, 'after')").map(|_| ())
+        sql_tcp(
+            c.rw_port(entry),
+            "INSERT INTO app.f VALUES (1000000, 'after')",
+        )
+        .map(|_| ())
     });
     let (mut acked, errors) = w.finish();
     acked.push(1_000_000);
-    eprintln!("failover: old master node{old}, new node{new}; {} acknowledged, {errors} errors", acked.len());
+    eprintln!(
+        "failover: old master node{old}, new node{new}; {} acknowledged, {errors} errors",
+        acked.len()
+    );
     // Heal: the old master rejoins as a replica and converges.
     match fault {
         Fault::KillQuorumsql => c.start_node(old),
@@ -209,7 +244,9 @@ fn whole_cluster_kill_9_and_restart_keeps_every_acknowledged_commit() {
     let rw = c.rw_port(m);
     sql_tcp(rw, "CREATE DATABASE app; CREATE TABLE app.r (id BIGINT PRIMARY KEY, v VARCHAR(8)) ENGINE=InnoDB")
         .expect("DDL");
-    let stmts: String = (1..=300).map(|i| format!("INSERT INTO app.r VALUES ({i}, 'x');")).collect();
+    let stmts: String = (1..=300)
+        .map(|i| format!("INSERT INTO app.r VALUES ({i}, 'x');"))
+        .collect();
     sql_tcp(rw, &stmts).expect("inserts");
     for id in 1..=3 {
         c.kill_node(id);
@@ -228,19 +265,33 @@ fn a_node_written_behind_the_logs_back_is_diverged_and_never_master() {
     let c = Cluster::start(3);
     let m = c.wait_healthy(START);
     let rw = c.rw_port(m);
-    sql_tcp(rw, "CREATE DATABASE app; CREATE TABLE app.d (id BIGINT PRIMARY KEY) ENGINE=InnoDB")
-        .expect("DDL");
+    sql_tcp(
+        rw,
+        "CREATE DATABASE app; CREATE TABLE app.d (id BIGINT PRIMARY KEY) ENGINE=InnoDB",
+    )
+    .expect("DDL");
     let victim = if m == 3 { 2 } else { 3 };
     wait_converged(&c, m, "app.d", &[victim]);
     // Root on the replica's own socket bypasses read_only and writes a local GTID.
-    sql_socket(&c.mariadb_socket(victim), "SET sql_log_bin=1; INSERT INTO app.d VALUES (666)")
-        .expect("local write behind QuorumSQL's back");
+    sql_socket(
+        &c.mariadb_socket(victim),
+        "SET sql_log_bin=1; INSERT INTO app.d VALUES (666)",
+    )
+    .expect("local write behind QuorumSQL's back");
     sql_tcp(rw, "INSERT INTO app.d VALUES (1)").expect("write through the master");
     let s = c.wait_until("the victim reported diverged", FAILOVER, |s| {
-        s.nodes.iter().any(|n| n.id == victim && n.role == "diverged")
+        s.nodes
+            .iter()
+            .any(|n| n.id == victim && n.role == "diverged")
     });
     let v = s.nodes.iter().find(|n| n.id == victim).expect("victim");
-    assert!(!v.healthy && v.problems.iter().any(|p| p.contains("not in the global binlog") || p.contains("differs")), "{v:?}");
+    assert!(
+        !v.healthy
+            && v.problems
+                .iter()
+                .any(|p| p.contains("not in the global binlog") || p.contains("differs")),
+        "{v:?}"
+    );
     // The cluster keeps serving, and the victim is never master.
     sql_tcp(rw, "INSERT INTO app.d VALUES (2)").expect("writes continue");
     for _ in 0..10 {

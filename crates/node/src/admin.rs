@@ -107,7 +107,11 @@ async fn get_metrics(State(status): State<StatusFn>) -> Response {
     };
     gauge("raft_term", "Current raft term.", s.raft_term as f64);
     gauge("commit_index", "Raft commit index.", s.commit_index as f64);
-    gauge("applied_index", "Raft applied index.", s.applied_index as f64);
+    gauge(
+        "applied_index",
+        "Raft applied index.",
+        s.applied_index as f64,
+    );
     gauge("epoch", "Current master epoch.", s.epoch as f64);
     gauge(
         "is_master",

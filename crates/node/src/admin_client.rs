@@ -63,7 +63,10 @@ pub async fn fetch_json<T: DeserializeOwned>(
     if code != 200 {
         return Err(AdminClientError::Status(code));
     }
-    let json = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let json = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(rest)?
     } else {
         rest.to_string()
@@ -170,13 +173,20 @@ mod tests {
             node(3, "replica", true),
         ]);
         assert_eq!(ok.master, Some(2));
-        assert_eq!(ok.verdict, "cluster ok: master node2, 3/3 nodes, tolerates 1 failure");
+        assert_eq!(
+            ok.verdict,
+            "cluster ok: master node2, 3/3 nodes, tolerates 1 failure"
+        );
         let degraded = ClusterStatus::from_nodes(vec![
             node(1, "unreachable", false),
             node(2, "master", true),
             node(3, "replica", true),
         ]);
-        assert!(degraded.verdict.starts_with("cluster degraded"), "{}", degraded.verdict);
+        assert!(
+            degraded.verdict.starts_with("cluster degraded"),
+            "{}",
+            degraded.verdict
+        );
         assert_eq!(degraded.tolerates_failures, 0);
         let down = ClusterStatus::from_nodes(vec![
             node(1, "unreachable", false),

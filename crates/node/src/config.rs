@@ -252,7 +252,11 @@ impl NodeConfig {
             ] {
                 // Loopback addresses only clash between members on the same host (the embedded
                 // cluster); on separate hosts every node uses 127.0.0.1 for its admin and serve.
-                let host = if addr.ip().is_loopback() { Some(m.peer.ip()) } else { None };
+                let host = if addr.ip().is_loopback() {
+                    Some(m.peer.ip())
+                } else {
+                    None
+                };
                 if addr.port() == 0 || !addrs.insert((host, addr)) {
                     return Err(invalid(
                         &key(field),
@@ -263,7 +267,10 @@ impl NodeConfig {
             if !m.serve.ip().is_loopback() {
                 return Err(invalid(
                     &key("serve"),
-                    format!("{} must be a loopback address: only the local mariadbd connects to it", m.serve),
+                    format!(
+                        "{} must be a loopback address: only the local mariadbd connects to it",
+                        m.serve
+                    ),
                 ));
             }
             if !m.admin.ip().is_loopback() && !self.admin.allow_non_loopback {
@@ -340,7 +347,10 @@ impl NodeConfig {
         }
         let r = &self.raft;
         if r.tick_ms == 0 || r.tick_ms > 10_000 {
-            return Err(invalid("raft.tick_ms", format!("{} is outside 1..=10000", r.tick_ms)));
+            return Err(invalid(
+                "raft.tick_ms",
+                format!("{} is outside 1..=10000", r.tick_ms),
+            ));
         }
         if r.heartbeat_ticks == 0 || r.heartbeat_ticks >= r.election_ticks_min {
             return Err(invalid(
@@ -449,7 +459,10 @@ install_db = "/bin/sh"
         let text = sample(&dir).replace("[mariadb]", "[mariadb]\nsync_binlog = 0");
         let err = NodeConfig::parse(&text, Path::new("node1.toml")).expect_err("unknown key");
         let msg = err.to_string();
-        assert!(msg.contains("node1.toml") && msg.contains("sync_binlog"), "{msg}");
+        assert!(
+            msg.contains("node1.toml") && msg.contains("sync_binlog"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -458,8 +471,16 @@ install_db = "/bin/sh"
         let cases = [
             ("id = 1\ndata_dir", "id = 9\ndata_dir", "node.id"),
             ("00112233445566778899aabbccddeeff", "xyz", "cluster.secret"),
-            ("serve = \"127.0.0.1:4005\"", "serve = \"127.0.0.1:4000\"", "cluster.members[0].serve"),
-            ("mariadbd = \"/bin/sh\"", "mariadbd = \"/nonexistent/mariadbd\"", "mariadb.mariadbd"),
+            (
+                "serve = \"127.0.0.1:4005\"",
+                "serve = \"127.0.0.1:4000\"",
+                "cluster.members[0].serve",
+            ),
+            (
+                "mariadbd = \"/bin/sh\"",
+                "mariadbd = \"/nonexistent/mariadbd\"",
+                "mariadb.mariadbd",
+            ),
         ];
         for (from, to, key) in cases {
             let text = sample(&dir).replacen(from, to, 1);

@@ -80,7 +80,10 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     let mut db = Mariadb::new(MariadbConfig::from_node_config(&cfg))?;
     let killed = tokio::task::block_in_place(|| db.kill_stale())?;
     if !killed.is_empty() {
-        warn!(?killed, "SIGKILLed a mariadbd left over from an earlier run");
+        warn!(
+            ?killed,
+            "SIGKILLed a mariadbd left over from an earlier run"
+        );
     }
 
     let shutdown = CancellationToken::new();
@@ -102,12 +105,13 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     peer_cfg.max_frame_bytes = cfg.raft.entry_cap_bytes + (1 << 20);
     let (net, inbound) = PeerNet::start(peer_cfg).await?;
     let log_dir = cfg.log_dir();
-    let store = tokio::task::block_in_place(|| RaftEngineStore::open(&log_dir)).map_err(
-        |source| DaemonError::Store {
-            path: log_dir.clone(),
-            source,
-        },
-    )?;
+    let store =
+        tokio::task::block_in_place(|| RaftEngineStore::open(&log_dir)).map_err(|source| {
+            DaemonError::Store {
+                path: log_dir.clone(),
+                source,
+            }
+        })?;
     let log = LogRuntime::start(RuntimeConfig::new(log_cfg), store, net.clone(), inbound).await?;
 
     // The admin port, early: a node stuck later is still visible.
@@ -129,13 +133,23 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
             &serve_user,
             &serve_password,
         ),
-        Arc::new(LogTxnSource::new(log.clone(), tokio::runtime::Handle::current())),
+        Arc::new(LogTxnSource::new(
+            log.clone(),
+            tokio::runtime::Handle::current(),
+        )),
     )
     .await?;
 
     // The client ports.
-    // PROXY_GLUE_PLACEHOLDER
-    let proxy = ();
+    let proxy = crate::proxy_glue::start(
+        &cfg,
+        log.clone(),
+        role_rx.clone(),
+        net.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(DaemonError::Proxy)?;
 
     // Roles drives mariadbd.
     let sink = Arc::new(LogSink::new(log.clone()));
@@ -146,7 +160,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     info!("stopping: SIGKILL mariadbd, close ports, stop the log");
     shutdown.cancel();
     let _ = roles_task.await;
-    drop(proxy);
+    proxy.shutdown();
     serve.shutdown().await;
     log.shutdown().await;
     let _ = admin_task.await;

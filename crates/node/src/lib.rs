@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod log_adapters;
 pub mod mariadb;
 pub mod proxy;
+pub mod proxy_glue;
 pub mod roles;
 pub mod serve;
 pub mod sql;

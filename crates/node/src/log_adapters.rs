@@ -139,4 +139,3 @@ impl TxnSource for LogTxnSource {
         self.changes.clone()
     }
 }
-

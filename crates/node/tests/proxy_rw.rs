@@ -93,6 +93,7 @@ async fn relays_queries_with_the_real_client_address_and_implements_kill() {
         ("/*!XA*/ RECOVER", "XA"),
         ("KILL USER app", "KILL"),
         ("DROP USER quorumsql_serve", "internal accounts"),
+        ("BEGIN NOT ATOMIC KILL 1; END", "compound statement"),
         (
             "ALTER TABLE t.c ADD COLUMN u CHAR(36) DEFAULT (UUID())",
             "non-deterministic",

@@ -41,8 +41,8 @@ pub fn free_base_port(n: u64) -> u16 {
     let start = 20_000 + (std::process::id() % 200) as u16 * 100;
     let mut p = start;
     loop {
-        let all_free = (0..(10 * n as u16 + 6))
-            .all(|k| TcpListener::bind(("127.0.0.1", p + k)).is_ok());
+        let all_free =
+            (0..(10 * n as u16 + 6)).all(|k| TcpListener::bind(("127.0.0.1", p + k)).is_ok());
         if all_free {
             return p;
         }
@@ -160,7 +160,10 @@ impl Cluster {
     }
 
     pub fn node_status(&self, id: u64) -> Option<NodeStatus> {
-        self.status().nodes.into_iter().find(|n| n.id == id && n.role != "unreachable")
+        self.status()
+            .nodes
+            .into_iter()
+            .find(|n| n.id == id && n.role != "unreachable")
     }
 
     /// Waits until `pred` holds for the cluster status; panics with the last status seen.

@@ -359,7 +359,9 @@ impl Roles {
         self.publish(|s| s.applied_gtid = applied);
         let rows = self.query("SHOW SLAVE STATUS").await?;
         let Some(row) = rows.first() else {
-            return Ok(Health::Problems(vec!["replication is not configured".into()]));
+            return Ok(Health::Problems(vec![
+                "replication is not configured".into()
+            ]));
         };
         let get = |name: &str| row.get(name).unwrap_or_default().to_string();
         let sql_errno = get("Last_SQL_Errno");
@@ -411,7 +413,11 @@ impl Roles {
                     other.outcome
                 )))
             }
-            Err(e) => return Err(FenceReason::PromotionFailed(format!("term-start marker: {e}"))),
+            Err(e) => {
+                return Err(FenceReason::PromotionFailed(format!(
+                    "term-start marker: {e}"
+                )))
+            }
         }
         // Nothing has been touched yet: losing leadership here needs no fence, but fencing is
         // cheap and keeps one path.
@@ -449,7 +455,9 @@ impl Roles {
             .await
             .map_err(|e| FenceReason::PromotionFailed(format!("{e:?}")))?;
         // 3. Stop replication.
-        self.exec("STOP SLAVE").await.map_err(FenceReason::PromotionFailed)?;
+        self.exec("STOP SLAVE")
+            .await
+            .map_err(FenceReason::PromotionFailed)?;
         // 4. Semi-sync master on (the other §5 settings are in the option file).
         self.exec("SET GLOBAL rpl_semi_sync_master_enabled = ON")
             .await
@@ -584,21 +592,29 @@ impl Roles {
             // The canary is the one write QuorumSQL makes through the binlog: it must travel the
             // normal write path to prove that path works.
             conn.exec("SET SESSION sql_log_bin = 1").await.map_err(e)?;
-            conn.exec("CREATE DATABASE IF NOT EXISTS quorumsql").await.map_err(e)?;
+            conn.exec("CREATE DATABASE IF NOT EXISTS quorumsql")
+                .await
+                .map_err(e)?;
             conn.exec(
                 "CREATE TABLE IF NOT EXISTS quorumsql.heartbeat (node INT UNSIGNED PRIMARY KEY, \
                  epoch BIGINT UNSIGNED NOT NULL, at TIMESTAMP(6) NOT NULL) ENGINE=InnoDB",
             )
             .await
             .map_err(e)?;
-            let before = conn.query_value("SELECT @@gtid_binlog_pos").await.map_err(e)?;
+            let before = conn
+                .query_value("SELECT @@gtid_binlog_pos")
+                .await
+                .map_err(e)?;
             conn.exec(&format!(
                 "REPLACE INTO quorumsql.heartbeat VALUES ({me}, {}, NOW(6))",
                 epoch.0
             ))
             .await
             .map_err(e)?;
-            let after = conn.query_value("SELECT @@gtid_binlog_pos").await.map_err(e)?;
+            let after = conn
+                .query_value("SELECT @@gtid_binlog_pos")
+                .await
+                .map_err(e)?;
             conn.exec("SET SESSION sql_log_bin = 0").await.map_err(e)?;
             if after == before {
                 return Err(format!(
@@ -722,7 +738,10 @@ impl Roles {
         for f in &files {
             for t in &f.txns {
                 let digest = t.digest().map_err(|e| {
-                    StartError::Diverged(format!("local transaction {} is unreadable: {e}", t.txn.gtid))
+                    StartError::Diverged(format!(
+                        "local transaction {} is unreadable: {e}",
+                        t.txn.gtid
+                    ))
                 })?;
                 local.push(rejoin::LocalTxn {
                     gtid: t.txn.gtid,
@@ -732,7 +751,10 @@ impl Roles {
         }
         let mut answers = std::collections::HashMap::new();
         for t in &local {
-            if self.verified.is_some_and(|v| v.domain == t.gtid.domain && t.gtid.seq <= v.seq) {
+            if self
+                .verified
+                .is_some_and(|v| v.domain == t.gtid.domain && t.gtid.seq <= v.seq)
+            {
                 continue;
             }
             let a = self
@@ -772,7 +794,8 @@ impl Roles {
         let me = self.cfg.me().clone();
         let (user, password) = crate::serve_credentials(&self.cfg);
         self.exec("STOP SLAVE").await?;
-        self.exec("SET GLOBAL gtid_slave_pos = @@gtid_binlog_pos").await?;
+        self.exec("SET GLOBAL gtid_slave_pos = @@gtid_binlog_pos")
+            .await?;
         self.exec(&format!(
             "CHANGE MASTER TO MASTER_HOST='{}', MASTER_PORT={}, MASTER_USER='{user}', \
              MASTER_PASSWORD='{password}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, \
@@ -826,7 +849,11 @@ impl Roles {
 
     async fn exec(&mut self, sql: &str) -> Result<(), String> {
         let r = match self.admin().await {
-            Ok(c) => c.exec(sql).await.map(|_| ()).map_err(|e| format!("{sql}: {e}")),
+            Ok(c) => c
+                .exec(sql)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{sql}: {e}")),
             Err(e) => Err(e),
         };
         if r.is_err() {

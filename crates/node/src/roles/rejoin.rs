@@ -147,7 +147,10 @@ mod tests {
     fn a_prefix_of_the_log_passes() {
         let log = vec![txn(1, 1, 1), txn(1, 2, 2), txn(2, 3, 3)];
         let local = vec![txn(1, 1, 1), txn(1, 2, 2)];
-        assert_eq!(check(&local, None, log_of(log)), Ok(Some(Gtid::new(0, 1, 2))));
+        assert_eq!(
+            check(&local, None, log_of(log)),
+            Ok(Some(Gtid::new(0, 1, 2)))
+        );
     }
 
     #[test]

@@ -1,0 +1,220 @@
+//! Connects the proxy to the rest of the node: the forwarding rule (DESIGN §3) from the log and
+//! roles, peer streams from the peer transport.
+//!
+//! `may_forward` runs before every client packet, so it reads two atomics: the epoch this node is
+//! master of (kept by a watcher task from roles and log status) and the lease, which the log
+//! runtime publishes every loop turn on CLOCK_BOOTTIME. The lease is the part that must be exact;
+//! the epoch only has to be as fresh as the last status change.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quorumsql_log::runtime::LogHandle;
+use quorumsql_log::Role as RaftRole;
+use quorumsql_peer::{NodeId, PeerNet, StreamPurpose};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::config::NodeConfig;
+use crate::proxy::{
+    DialFuture, MasterEpoch, PeerDialer, ProxyConfig, ProxyHandle, ProxyLimits, RoRoute,
+    RouteOracle, RwRoute,
+};
+use crate::roles::{Role, RoleSnapshot};
+
+/// The route oracle over the log and roles.
+struct NodeOracle {
+    me: NodeId,
+    log: LogHandle,
+    roles: watch::Receiver<RoleSnapshot>,
+    /// The epoch this node may forward RW packets under; 0 = none.
+    forwarding_epoch: AtomicU64,
+    generation: watch::Sender<u64>,
+}
+
+impl NodeOracle {
+    /// The epoch this node is master of right now, if the slow-changing conditions hold: roles
+    /// says master of T, the log says raft leader of term T with `MasterReady{self, T}` applied
+    /// and no transfer under way.
+    fn compute_epoch(&self) -> u64 {
+        let role = self.roles.borrow();
+        let Some(epoch) = role.master_epoch.filter(|_| role.role == Role::Master) else {
+            return 0;
+        };
+        let st = self.log.status();
+        let ok = st.role == RaftRole::Leader
+            && st.term == epoch.0
+            && !st.transferring
+            && st.master == Some((self.me, epoch));
+        if ok {
+            epoch.0
+        } else {
+            0
+        }
+    }
+}
+
+impl RouteOracle for NodeOracle {
+    fn rw_route(&self) -> RwRoute {
+        let epoch = self.forwarding_epoch.load(Ordering::Acquire);
+        if epoch != 0 {
+            return RwRoute::Local {
+                master_epoch: MasterEpoch(epoch),
+            };
+        }
+        let st = self.log.status();
+        match st.master {
+            Some((node, _)) if node != self.me && st.leader == Some(node) => {
+                RwRoute::Forward { to: node }
+            }
+            _ => RwRoute::Unavailable {
+                reason: "no master right now (election or promotion in progress)".into(),
+                retry_after: Duration::from_millis(500),
+            },
+        }
+    }
+
+    fn may_forward(&self, epoch: MasterEpoch) -> bool {
+        epoch.0 != 0
+            && self.forwarding_epoch.load(Ordering::Acquire) == epoch.0
+            && self.log.holds_lease()
+    }
+
+    fn ro_route(&self) -> RoRoute {
+        let role = self.roles.borrow().clone();
+        match role.role {
+            Role::Replica if role.problems.is_empty() => RoRoute::Local,
+            Role::Master | Role::Promoting => {
+                // Reads on the master node go to a replica (DESIGN §4): any reachable peer.
+                let peers = self.log.peers().status();
+                match peers.iter().find(|(id, p)| **id != self.me && p.connected) {
+                    Some((id, _)) => RoRoute::Forward { to: *id },
+                    None => RoRoute::Refuse {
+                        reason: "this node is the master and no replica is reachable".into(),
+                    },
+                }
+            }
+            Role::Diverged => RoRoute::Refuse {
+                reason: "this node's data diverged from the cluster and must be rebuilt".into(),
+            },
+            other => RoRoute::Refuse {
+                reason: format!(
+                    "this node's database is not serving reads now ({}){}",
+                    other.as_str(),
+                    role.problems
+                        .first()
+                        .map(|p| format!(": {p}"))
+                        .unwrap_or_default()
+                ),
+            },
+        }
+    }
+
+    fn subscribe_master_changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+}
+
+struct NetDialer(PeerNet);
+
+impl PeerDialer for NetDialer {
+    fn open(&self, to: NodeId) -> DialFuture<'_> {
+        Box::pin(async move {
+            self.0
+                .open_stream(to, StreamPurpose::Proxy)
+                .await
+                .map_err(std::io::Error::other)
+        })
+    }
+}
+
+/// Starts the RW and RO ports and the tasks that keep them routed. The proxy stops when
+/// `shutdown` fires or the returned handle is dropped.
+pub async fn start(
+    cfg: &NodeConfig,
+    log: LogHandle,
+    roles: watch::Receiver<RoleSnapshot>,
+    net: PeerNet,
+    shutdown: CancellationToken,
+) -> Result<Arc<ProxyHandle>, String> {
+    let me = cfg.me();
+    let (generation, _) = watch::channel(0u64);
+    let oracle = Arc::new(NodeOracle {
+        me: NodeId(cfg.node.id),
+        log: log.clone(),
+        roles: roles.clone(),
+        forwarding_epoch: AtomicU64::new(0),
+        generation,
+    });
+    let proxy_cfg = ProxyConfig {
+        rw_listen: me.rw,
+        ro_listen: me.ro,
+        mariadb_addr: std::net::SocketAddr::new(
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            me.mariadb_port,
+        ),
+        limits: ProxyLimits::default(),
+    };
+    let proxy = Arc::new(
+        ProxyHandle::start(proxy_cfg, oracle.clone(), Arc::new(NetDialer(net.clone())))
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+
+    // Keep the forwarding epoch and the routing generation current.
+    {
+        let oracle = oracle.clone();
+        let proxy = proxy.clone();
+        let mut roles = roles.clone();
+        let mut status = log.subscribe_status();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut last_epoch = 0u64;
+            let mut last_master = None;
+            let mut last_role = Role::Starting;
+            loop {
+                let epoch = oracle.compute_epoch();
+                oracle.forwarding_epoch.store(epoch, Ordering::Release);
+                let master = status.borrow().master;
+                let role = roles.borrow().role;
+                if epoch != last_epoch || master != last_master {
+                    oracle.generation.send_modify(|g| *g += 1);
+                }
+                if role == Role::Promoting && last_role != Role::Promoting {
+                    // Promotion step 6: this mariadbd stops serving RO sessions.
+                    proxy.close_local_ro_sessions();
+                }
+                (last_epoch, last_master, last_role) = (epoch, master, role);
+                tokio::select! {
+                    r = roles.changed() => if r.is_err() { return },
+                    r = status.changed() => if r.is_err() { return },
+                    _ = shutdown.cancelled() => {
+                        proxy.shutdown();
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    // Connections other nodes' proxies forward to us.
+    match net.take_stream_receiver() {
+        Some(mut streams) => {
+            let proxy = proxy.clone();
+            tokio::spawn(async move {
+                while let Some(s) = streams.recv().await {
+                    match s.purpose {
+                        StreamPurpose::Proxy => proxy.serve_peer_stream(s.from, s.stream),
+                        other => {
+                            warn!(from = %s.from, ?other, "peer stream with an unexpected purpose dropped")
+                        }
+                    }
+                }
+            });
+        }
+        None => return Err("the peer stream receiver was already taken".into()),
+    }
+    Ok(proxy)
+}
