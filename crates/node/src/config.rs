@@ -413,6 +413,39 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
     hex::decode(s.trim()).ok()
 }
 
+/// Ports of node `i` (1-based) in a cluster laid out from one base port: node i uses
+/// `base + 10(i−1) + k` with k = 0 RW, 1 RO, 2 peer, 3 admin, 4 mariadbd, 5 serve.
+pub fn member_at(id: u64, host: std::net::IpAddr, base_port: u16, slot: u16) -> Member {
+    let p = base_port + 10 * slot;
+    let lo = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    Member {
+        id,
+        rw: SocketAddr::new(host, p),
+        ro: SocketAddr::new(host, p + 1),
+        peer: SocketAddr::new(host, p + 2),
+        admin: SocketAddr::new(lo, p + 3),
+        mariadb_port: p + 4,
+        serve: SocketAddr::new(lo, p + 5),
+    }
+}
+
+/// A fresh random cluster secret (32 bytes, hex).
+pub fn generate_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
+
+impl NodeConfig {
+    /// Renders the config as TOML, with a header saying where it came from.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        let body = toml::to_string_pretty(self)?;
+        Ok(format!(
+            "# QuorumSQL node {} of cluster {:?}. Keep cluster.secret private.\n\n{body}",
+            self.node.id, self.cluster.name
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,38 +521,5 @@ install_db = "/bin/sh"
             let msg = err.to_string();
             assert!(msg.contains(key) && msg.contains("n.toml"), "{key}: {msg}");
         }
-    }
-}
-
-/// Ports of node `i` (1-based) in a cluster laid out from one base port: node i uses
-/// `base + 10(i−1) + k` with k = 0 RW, 1 RO, 2 peer, 3 admin, 4 mariadbd, 5 serve.
-pub fn member_at(id: u64, host: std::net::IpAddr, base_port: u16, slot: u16) -> Member {
-    let p = base_port + 10 * slot;
-    let lo = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-    Member {
-        id,
-        rw: SocketAddr::new(host, p),
-        ro: SocketAddr::new(host, p + 1),
-        peer: SocketAddr::new(host, p + 2),
-        admin: SocketAddr::new(lo, p + 3),
-        mariadb_port: p + 4,
-        serve: SocketAddr::new(lo, p + 5),
-    }
-}
-
-/// A fresh random cluster secret (32 bytes, hex).
-pub fn generate_secret() -> String {
-    let bytes: [u8; 32] = rand::random();
-    hex::encode(bytes)
-}
-
-impl NodeConfig {
-    /// Renders the config as TOML, with a header saying where it came from.
-    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
-        let body = toml::to_string_pretty(self)?;
-        Ok(format!(
-            "# QuorumSQL node {} of cluster {:?}. Keep cluster.secret private.\n\n{body}",
-            self.node.id, self.cluster.name
-        ))
     }
 }
