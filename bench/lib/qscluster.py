@@ -176,20 +176,25 @@ class Cluster:
         return None
 
     def wait_healthy(self, timeout, what="all nodes healthy"):
-        """Wait until there is a master and every node is healthy with the master's last GTID
-        applied. Returns seconds waited; exits with the state seen on timeout."""
+        """Wait until there is a master, every node is healthy and follows it, and then until
+        every node has applied the master's last GTID as of that moment (under steady writes
+        the tip moves on, so waiting for equality could wait forever). Returns seconds waited;
+        on timeout exits showing the state seen."""
         t0 = time.time()
         sts = []
+        target = None
         while time.time() - t0 < timeout:
             sts = self.all_status()
             m = self.master()
             if m and all(st and st.get("healthy") and st.get("role") in ("master", "replica")
                          and st.get("master") == m for st in sts):
-                last = sts[m - 1].get("last_gtid")
-                if all(st.get("applied_gtid") == last for st in sts):
+                if target is None:
+                    target = gtid_seq(sts[m - 1].get("last_gtid"))
+                if all(gtid_seq(st.get("applied_gtid")) >= target for st in sts):
                     return time.time() - t0
-            time.sleep(0.2)
-        self.fail("timed out after %.0f s waiting for %s; last status: %s" % (timeout, what, brief(sts)))
+            time.sleep(0.1)
+        self.fail("timed out after %.0f s waiting for %s (catch-up target seq %s); last status: %s"
+                  % (timeout, what, target, brief(sts)))
 
     def fail(self, msg):
         log("FAILED: " + msg)
@@ -227,6 +232,16 @@ def brief(sts):
                 n, st.get("role"), st.get("master"), st.get("healthy"), st.get("last_gtid"),
                 st.get("applied_gtid"), st.get("problems")))
     return "; ".join(out)
+
+
+def gtid_seq(gtid):
+    """Sequence number of a single-domain GTID position like "0-1-13" (-1 if none)."""
+    if not gtid:
+        return -1
+    try:
+        return max(int(part.rsplit("-", 1)[1]) for part in gtid.split(","))
+    except (IndexError, ValueError):
+        return -1
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -214,8 +214,9 @@ fn failover_under_writes(fault: Fault) {
         Fault::KillMariadbd => {}
         Fault::PauseQuorumsql => c.signal_node(old, libc::SIGCONT),
     }
-    c.wait_until("all three nodes healthy again", START, |s| {
-        s.nodes.iter().all(|n| n.healthy) && s.master.is_some()
+    c.wait_until("all three nodes healthy again, one master", START, |s| {
+        s.nodes.iter().all(|n| n.healthy)
+            && s.nodes.iter().filter(|n| n.role == "master").count() == 1
     });
     assert_all_present(&c, "app.f", &acked, &[1, 2, 3]);
     let m = c.status().master.expect("master");
@@ -297,5 +298,52 @@ fn a_node_written_behind_the_logs_back_is_diverged_and_never_master() {
     for _ in 0..10 {
         assert_ne!(c.status().master, Some(victim));
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_paused_master_forwards_nothing_after_it_wakes() {
+    use quorumsql_node::sql::SqlConn;
+    let c = Cluster::start(3);
+    let m = c.wait_healthy(START);
+    let rw: std::net::SocketAddr = ([127, 0, 0, 1], c.rw_port(m)).into();
+    sql_tcp(
+        c.rw_port(m),
+        "CREATE DATABASE app; CREATE TABLE app.l (id INT PRIMARY KEY) ENGINE=InnoDB",
+    )
+    .expect("DDL");
+    let mut conn =
+        c.rt.block_on(SqlConn::connect_tcp(rw, support::USER, support::PASSWORD))
+            .expect("client connection through the master's RW port");
+    c.rt.block_on(conn.exec("INSERT INTO app.l VALUES (1)"))
+        .expect("insert before the pause");
+    // Pause the master's quorumsql well past its lease and the election timeout.
+    c.signal_node(m, libc::SIGSTOP);
+    let s = c.wait_until("a new master while the old one sleeps", FAILOVER, |s| {
+        s.master.is_some_and(|x| x != m)
+    });
+    let new = s.master.expect("new master");
+    sql_tcp(c.rw_port(new), "INSERT INTO app.l VALUES (2)").expect("the new master takes writes");
+    c.signal_node(m, libc::SIGCONT);
+    // The held connection must not reach the old master's mariadbd any more.
+    let r = c.rt.block_on(conn.exec("INSERT INTO app.l VALUES (3)"));
+    assert!(
+        r.is_err(),
+        "a statement on the deposed master's connection succeeded: {r:?}"
+    );
+    c.wait_until("all nodes healthy again", START, |s| {
+        s.nodes.iter().all(|n| n.healthy)
+    });
+    for id in 1..=3 {
+        let rows = eventually(&format!("node{id} readable"), FAILOVER, || {
+            sql_socket(
+                &c.mariadb_socket(id),
+                "SELECT GROUP_CONCAT(id ORDER BY id) FROM app.l",
+            )
+        });
+        assert!(
+            !rows.contains('3'),
+            "node{id} has the row sent to the deposed master: {rows}"
+        );
     }
 }

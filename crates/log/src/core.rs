@@ -3,12 +3,16 @@
 //! threads, sockets or clock reads: the caller passes the current [`BootInstant`] into every call.
 //!
 //! Driving it (the runtime's loop):
-//! 1. `tick(now)` every tick interval (or more often: it ticks raft once per whole interval that
-//!    passed, never faster than the clock);
+//! 1. `tick(now)` every tick interval (or more often: it ticks raft at most once per call and
+//!    only when a whole interval passed since the last tick, never faster than the clock);
 //! 2. `step(from, msg, now)` for every raft message received from an authenticated peer;
 //! 3. `propose(..)`, `start_lease_round(now)`, `transfer_leader(..)` as needed;
-//! 4. `poll(now)` after any of the above: it persists, applies and returns the messages to send
-//!    (send them all, in order; loss is tolerated, reordering within a peer pair is tolerated).
+//! 4. after any of the above, in two phases: `begin_poll(now)` returns the messages that may leave
+//!    *before* this node persists anything (a leader's appends and heartbeats: raft thesis
+//!    §10.2.1, so the leader's fsync runs in parallel with its followers'); send them at once, then
+//!    `finish_poll(now)` persists, applies and returns everything else (send those messages too,
+//!    in order; loss is tolerated, reordering within a peer pair is tolerated). `poll(now)` does
+//!    both for callers that gain nothing from the overlap.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -18,7 +22,7 @@ use raft::eraftpb::{
     ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, MessageType,
     Snapshot,
 };
-use raft::{RawNode, ReadOnlyOption, ReadState, StateRole};
+use raft::{RawNode, ReadOnlyOption, ReadState, Ready, StateRole};
 use serde::{Deserialize, Serialize};
 
 use crate::entry::{encoded_size_bound, Command, EntryPayload, ProposalOrigin, TaggedCommand};
@@ -284,6 +288,8 @@ pub struct LogStatus {
     pub self_needs_rebuild: bool,
     /// Members known to be behind the compaction point (leader progress or member reports).
     pub needs_rebuild: Vec<NodeId>,
+    /// The newest transaction compacted away (no longer readable from this node's log).
+    pub compacted_through: Option<Gtid>,
 }
 
 /// A whole, accepted, committed transaction.
@@ -353,6 +359,9 @@ pub struct LogCore<S: LogStore> {
     transfer_term: Option<u64>,
     needs_rebuild: bool,
     out: Output,
+    /// A Ready whose early messages `begin_poll` handed out and that is not persisted yet, with
+    /// the instant of that poll. Nothing may touch raft before it is finished (`settle`).
+    unpersisted: Option<(Ready, BootInstant)>,
     stopped: Option<String>,
     rng: Option<SplitMix>,
     /// (term, role, randomized timeout) last seen, to notice raft re-drawing its timeout.
@@ -459,6 +468,7 @@ impl<S: LogStore> LogCore<S> {
             transfer_term: None,
             needs_rebuild,
             out: Output::default(),
+            unpersisted: None,
             stopped: None,
             timeout_seen,
         };
@@ -534,11 +544,13 @@ impl<S: LogStore> LogCore<S> {
         e
     }
 
-    /// Advances raft's logical clock by the whole tick intervals elapsed since the last tick.
-    /// Never faster than the clock; after a long pause at most `2 x election_ticks_max` ticks are
-    /// replayed (more would only repeat heartbeats; fewer ticks is the safe direction).
+    /// Advances raft's logical clock: one raft tick when at least one whole tick interval
+    /// elapsed since the last tick. After a pause the missed ticks are dropped, never replayed
+    /// (DESIGN §3 "Time"): fewer ticks only delay elections and check-quorum, the lease is
+    /// measured on the clock, and the tick phase stays on the interval grid.
     pub fn tick(&mut self, now: BootInstant) -> Result<(), LogError> {
         self.check_running()?;
+        self.settle()?;
         self.advance_clock(now);
         Ok(())
     }
@@ -550,12 +562,11 @@ impl<S: LogStore> LogCore<S> {
         self.lease.observe(now);
         let interval = crate::types::duration_nanos(self.cfg.tick_interval).max(1);
         let due = now.0.saturating_sub(self.last_tick.0) / interval;
-        let cap = (2 * self.cfg.election_ticks_max) as u64;
-        for _ in 0..due.min(cap) {
+        if due > 0 {
             self.raw.tick();
             self.after_raft_call(now);
+            self.last_tick = BootInstant(self.last_tick.0 + due * interval);
         }
-        self.last_tick = BootInstant(self.last_tick.0 + due * interval);
     }
 
     /// Steps a raft message received from authenticated peer `from`.
@@ -566,6 +577,7 @@ impl<S: LogStore> LogCore<S> {
         now: BootInstant,
     ) -> Result<StepOutcome, LogError> {
         self.check_running()?;
+        self.settle()?;
         self.advance_clock(now);
         if msg.from != from.0 || msg.to != self.cfg.id.0 {
             return Ok(StepOutcome::Ignored(format!(
@@ -641,6 +653,11 @@ impl<S: LogStore> LogCore<S> {
         if let Some(why) = &self.stopped {
             return Err(ProposeError::Stopped(why.clone()));
         }
+        if self.settle().is_err() {
+            return Err(ProposeError::Stopped(
+                self.stopped.clone().unwrap_or_default(),
+            ));
+        }
         if self.raw.raft.state != StateRole::Leader {
             return Err(ProposeError::NotLeader {
                 leader: self.leader(),
@@ -666,7 +683,7 @@ impl<S: LogStore> LogCore<S> {
     /// the transferee campaigns with CAMPAIGN_TRANSFER, which voters grant even inside their
     /// election timeout (design review 7), and a delayed MsgTimeoutNow can do so late.
     pub fn transfer_leader(&mut self, to: NodeId, now: BootInstant) {
-        if self.raw.raft.state != StateRole::Leader {
+        if self.settle().is_err() || self.raw.raft.state != StateRole::Leader {
             return;
         }
         self.lease.void(now);
@@ -678,7 +695,7 @@ impl<S: LogStore> LogCore<S> {
     /// Starts a lease round (a raft read_index carrying `now`). Returns false when this node
     /// cannot hold a lease now: not leader, transferring, or no entry of its term committed yet.
     pub fn start_lease_round(&mut self, now: BootInstant) -> bool {
-        if self.stopped.is_some()
+        if self.settle().is_err()
             || !self.lease_allowed()
             || !self.raw.raft.commit_to_current_term()
         {
@@ -717,6 +734,9 @@ impl<S: LogStore> LogCore<S> {
 
     /// Sets raft's election priority (0 = never preferred; DESIGN §3).
     pub fn set_priority(&mut self, priority: i64) {
+        if self.settle().is_err() {
+            return;
+        }
         self.cfg.priority = priority;
         self.raw.set_priority(priority);
     }
@@ -724,6 +744,7 @@ impl<S: LogStore> LogCore<S> {
     /// Starts an election now (bootstrap of a single-node cluster, tests).
     pub fn campaign(&mut self, now: BootInstant) -> Result<(), LogError> {
         self.check_running()?;
+        self.settle()?;
         self.raw
             .campaign()
             .map_err(|e| LogError::Raft(e.to_string()))?;
@@ -732,10 +753,16 @@ impl<S: LogStore> LogCore<S> {
     }
 
     pub fn report_unreachable(&mut self, to: NodeId) {
+        if self.settle().is_err() {
+            return;
+        }
         self.raw.report_unreachable(to.0);
     }
 
     pub fn report_snapshot(&mut self, to: NodeId, delivered: bool) {
+        if self.settle().is_err() {
+            return;
+        }
         let st = if delivered {
             raft::SnapshotStatus::Finish
         } else {
@@ -747,6 +774,7 @@ impl<S: LogStore> LogCore<S> {
     /// Clears the snapshot-gap flag once this node's mariadbd was rebuilt.
     pub fn clear_needs_rebuild(&mut self) -> Result<(), LogError> {
         self.check_running()?;
+        self.settle()?;
         let r = self
             .raw
             .mut_store()
@@ -795,23 +823,75 @@ impl<S: LogStore> LogCore<S> {
         }
     }
 
-    /// Turns queued proposals into entries, persists and applies what raft has ready, and
-    /// returns messages, applied commands, proposal outcomes and events.
+    /// Both phases of a poll at once (`begin_poll` then `finish_poll`): the early messages come
+    /// first in `Output::messages`. For callers that cannot send between the phases.
     pub fn poll(&mut self, now: BootInstant) -> Result<Output, LogError> {
+        let mut early = self.begin_poll(now)?;
+        let mut out = self.finish_poll(now)?;
+        early.append(&mut out.messages);
+        out.messages = early;
+        Ok(out)
+    }
+
+    /// Phase 1 of a poll: turns queued proposals into entries and takes raft's next Ready, and
+    /// returns the messages raft lets a leader send before its own entries are persisted (its
+    /// appends, heartbeats and lease rounds; raft thesis §10.2.1: the leader counts itself towards
+    /// a commit only once `finish_poll` persisted, so a quorum never includes an unsynced copy).
+    /// Send them at once, then call [`LogCore::finish_poll`]; any other call in between finishes
+    /// the poll's persistence first. A follower's messages always wait for `finish_poll`.
+    pub fn begin_poll(&mut self, now: BootInstant) -> Result<Vec<Message>, LogError> {
         self.check_running()?;
+        self.settle()?;
         self.advance_clock(now);
         self.flush_batch(now);
+        if !self.raw.has_ready() {
+            return Ok(Vec::new());
+        }
+        let mut rd = self.raw.ready();
+        let mut early = rd.take_messages();
+        self.unpersisted = Some((rd, now));
+        self.withhold_votes_in_hold_off(&mut early, now);
+        Ok(early)
+    }
+
+    /// Phase 2 of a poll: persists (fsync) and applies what `begin_poll` took and whatever raft
+    /// has ready after it, and returns the messages that may only leave after persisting, applied
+    /// commands, proposal outcomes and events.
+    pub fn finish_poll(&mut self, now: BootInstant) -> Result<Output, LogError> {
+        self.check_running()?;
+        self.settle()?;
         while self.raw.has_ready() {
-            if let Err(e) = self.handle_ready(now) {
+            let mut rd = self.raw.ready();
+            self.out.messages.extend(rd.take_messages());
+            if let Err(e) = self.process_ready(rd, now) {
                 return Err(self.fail(e));
             }
         }
         self.after_raft_call(now);
+        let mut messages = std::mem::take(&mut self.out.messages);
+        self.withhold_votes_in_hold_off(&mut messages, now);
+        self.out.messages = messages;
+        Ok(std::mem::take(&mut self.out))
+    }
+
+    /// Finishes the Ready a `begin_poll` left unpersisted; its results wait in `self.out` for the
+    /// next `finish_poll`. A failure stops the core (raft's state is no longer consistent).
+    fn settle(&mut self) -> Result<(), LogError> {
+        self.check_running()?;
+        if let Some((rd, at)) = self.unpersisted.take() {
+            if let Err(e) = self.process_ready(rd, at) {
+                return Err(self.fail(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// A vote stepped before a hold-off began in this very poll (a conf change made us a voter, a
+    /// snapshot was installed) must not leave during the hold-off either. Raft may have recorded
+    /// the vote; withholding the answer only costs the candidate time.
+    fn withhold_votes_in_hold_off(&self, messages: &mut Vec<Message>, now: BootInstant) {
         if self.in_vote_hold_off(now) {
-            // A vote stepped before a hold-off began in this very poll (a conf change made us a
-            // voter, a snapshot was installed) must not leave during the hold-off either. Raft
-            // may have recorded the vote; withholding the answer only costs the candidate time.
-            self.out.messages.retain(|m| {
+            messages.retain(|m| {
                 let vote = matches!(
                     m.get_msg_type(),
                     MessageType::MsgRequestVoteResponse | MessageType::MsgRequestPreVoteResponse
@@ -819,7 +899,6 @@ impl<S: LogStore> LogCore<S> {
                 m.reject || !vote
             });
         }
-        Ok(std::mem::take(&mut self.out))
     }
 
     fn flush_batch(&mut self, now: BootInstant) {
@@ -870,13 +949,10 @@ impl<S: LogStore> LogCore<S> {
         r.state == StateRole::Leader && r.lead_transferee.is_none()
     }
 
-    /// One Ready, in raft-rs's documented order: send leader messages, install a snapshot, apply
-    /// committed entries, persist entries and hard state, only then release persisted messages,
-    /// advance, handle the light ready, advance apply.
-    fn handle_ready(&mut self, now: BootInstant) -> Result<(), LogError> {
-        let mut rd = self.raw.ready();
-        self.out.messages.extend(rd.take_messages());
-
+    /// The rest of one Ready whose leader messages were taken, in raft-rs's documented order:
+    /// install a snapshot, apply committed entries, persist entries and hard state, only then
+    /// release persisted messages, advance, handle the light ready, advance apply.
+    fn process_ready(&mut self, mut rd: Ready, now: BootInstant) -> Result<(), LogError> {
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
             self.install_snapshot(&snap, rd.hs().cloned(), now)?;
@@ -1093,8 +1169,18 @@ impl<S: LogStore> LogCore<S> {
             peers.sort_by_key(|p| p.node);
         }
         if let Some(through) = self.sm.compacted_through_seq() {
-            for (n, m) in self.sm.members() {
-                if m.applied_gtid.is_none_or(|g| g.seq < through) && !needs_rebuild.contains(n) {
+            // Members that reported a position older than the retained log (a removed member's
+            // old report does not count).
+            let m = self.sm.membership();
+            for (n, st) in self.sm.members() {
+                let member = m.voters.contains(n)
+                    || m.voters_outgoing.contains(n)
+                    || m.learners.contains(n)
+                    || m.learners_next.contains(n);
+                if member
+                    && crate::retention::is_behind(Some(st), through)
+                    && !needs_rebuild.contains(n)
+                {
                     needs_rebuild.push(*n);
                 }
             }
@@ -1124,6 +1210,7 @@ impl<S: LogStore> LogCore<S> {
             peers,
             self_needs_rebuild: self.needs_rebuild,
             needs_rebuild,
+            compacted_through: self.sm.compacted_through(),
         }
     }
 
@@ -1229,17 +1316,13 @@ impl<S: LogStore> LogCore<S> {
         })
     }
 
-    /// Compacts the log. Keeps every entry a member still needs (`keep_after`: the smallest GTID
-    /// applied by the mariadbd of every healthy member; `None` keeps everything) unless more than
-    /// `max_retained_entries` entries are applied, in which case the oldest go anyway and the
-    /// members behind are reported in `status().needs_rebuild`. Saves a snapshot of the state
-    /// machine first (synced). Returns `None` when there is nothing to compact.
-    pub fn compact(
-        &mut self,
+    /// The raft index [`LogCore::compact`] would compact through with these arguments, if that
+    /// would discard anything.
+    pub fn compaction_target(
+        &self,
         keep_after: Option<Gtid>,
         max_retained_entries: u64,
-    ) -> Result<Option<CompactReport>, LogError> {
-        self.check_running()?;
+    ) -> Option<u64> {
         let applied = self.sm.applied_index();
         let truncated = self.raw.store().store().truncated().0;
         let by_members = match keep_after {
@@ -1255,9 +1338,26 @@ impl<S: LogStore> LogCore<S> {
         if let Some(first_open) = self.open_txn_first_index() {
             through = through.min(first_open.saturating_sub(1));
         }
-        if through <= truncated {
+        (through > truncated).then_some(through)
+    }
+
+    /// Compacts the log. Keeps every entry a member still needs (`keep_after`: the smallest GTID
+    /// applied by the mariadbd of every healthy member, see [`crate::retention`]; `None` keeps
+    /// everything) unless more than `max_retained_entries` entries are applied, in which case the
+    /// oldest go anyway and the members behind are reported in `status().needs_rebuild`. Saves a
+    /// snapshot of the state machine first (synced). Returns `None` when there is nothing to
+    /// compact.
+    pub fn compact(
+        &mut self,
+        keep_after: Option<Gtid>,
+        max_retained_entries: u64,
+    ) -> Result<Option<CompactReport>, LogError> {
+        self.check_running()?;
+        self.settle()?;
+        let applied = self.sm.applied_index();
+        let Some(through) = self.compaction_target(keep_after, max_retained_entries) else {
             return Ok(None);
-        }
+        };
         let term = self
             .raw
             .store()

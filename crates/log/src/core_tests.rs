@@ -449,3 +449,216 @@ fn a_follower_behind_the_compaction_point_installs_a_snapshot_and_is_flagged() {
     c.nodes[lagging].clear_needs_rebuild().unwrap();
     assert!(!c.nodes[lagging].status(now).self_needs_rebuild);
 }
+
+#[test]
+fn missed_ticks_are_dropped_not_replayed() {
+    let mut n = LogCore::new(cfg(1, 3), MemStore::new(), BootInstant(0)).unwrap();
+    assert_eq!(n.raft().election_elapsed, 0);
+    // A 5-interval gap (a paused process): one tick, not five.
+    n.tick(BootInstant(50 * MS)).unwrap();
+    assert_eq!(n.raft().election_elapsed, 1);
+    // Less than a whole interval since the last tick: none.
+    n.tick(BootInstant(55 * MS)).unwrap();
+    assert_eq!(n.raft().election_elapsed, 1);
+    // The tick phase stays on the interval grid.
+    n.tick(BootInstant(60 * MS)).unwrap();
+    assert_eq!(n.raft().election_elapsed, 2);
+    // Stepping a message after a gap runs the one due tick first, too.
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgHeartbeat);
+    m.from = 2;
+    m.to = 1;
+    m.term = 0;
+    n.step(NodeId(2), m, BootInstant(500 * MS)).unwrap();
+    assert!(
+        n.raft().election_elapsed <= 3,
+        "{}",
+        n.raft().election_elapsed
+    );
+}
+
+/// Delivers `msgs` to the cluster's nodes (none is cut in these tests).
+fn deliver(c: &mut Cluster, msgs: Vec<Message>) {
+    let now = c.t();
+    for m in msgs {
+        let to = m.to as usize - 1;
+        c.nodes[to].step(NodeId(m.from), m, now).unwrap();
+    }
+}
+
+#[test]
+fn the_leader_sends_entries_before_persisting_them_and_followers_only_after() {
+    let mut c = Cluster::new(3);
+    let l = c.elect_and_promote();
+    let f = (l + 1) % 3;
+    let now = c.t();
+    let epoch = Epoch(c.nodes[l].term());
+    let cmd = Command::Append {
+        epoch,
+        prev_gtid: None,
+        txns: vec![txn(1, "early")],
+    };
+    c.nodes[l].propose(ProposalId(1), cmd).unwrap();
+    let early = c.nodes[l].begin_poll(now).unwrap();
+    let appends: Vec<&Message> = early
+        .iter()
+        .filter(|m| m.get_msg_type() == MessageType::MsgAppend && !m.entries.is_empty())
+        .collect();
+    assert_eq!(appends.len(), 2, "one append per follower: {early:?}");
+    let index = appends[0].entries[0].index;
+    assert!(
+        c.nodes[l].store().last_index() < index,
+        "sent before the leader persisted it"
+    );
+    let out = c.nodes[l].finish_poll(now).unwrap();
+    assert!(c.nodes[l].store().last_index() >= index);
+    assert!(out.outcomes.is_empty(), "not committed by the leader alone");
+
+    // A follower answers only after its own fsync.
+    let to_f: Vec<Message> = early
+        .into_iter()
+        .filter(|m| m.to == c.nodes[f].id().0)
+        .collect();
+    deliver(&mut c, to_f);
+    assert!(c.nodes[f].begin_poll(now).unwrap().is_empty());
+    assert!(c.nodes[f].store().last_index() < index);
+    let out = c.nodes[f].finish_poll(now).unwrap();
+    assert!(c.nodes[f].store().last_index() >= index);
+    assert!(out
+        .messages
+        .iter()
+        .any(|m| m.get_msg_type() == MessageType::MsgAppendResponse && !m.reject));
+    deliver(&mut c, out.messages);
+    c.run(10);
+    assert!(
+        c.outcomes
+            .contains(&(c.nodes[l].id().0, ProposalId(1), Outcome::Accepted)),
+        "{:?}",
+        c.outcomes
+    );
+}
+
+#[test]
+fn a_call_between_the_poll_phases_persists_first() {
+    let mut c = Cluster::new(3);
+    let l = c.elect_and_promote();
+    let now = c.t();
+    let epoch = Epoch(c.nodes[l].term());
+    let cmd = Command::Append {
+        epoch,
+        prev_gtid: None,
+        txns: vec![txn(1, "x")],
+    };
+    c.nodes[l].propose(ProposalId(1), cmd).unwrap();
+    let early = c.nodes[l].begin_poll(now).unwrap();
+    let index = early
+        .iter()
+        .find_map(|m| m.entries.first().map(|e| e.index))
+        .unwrap();
+    // A tick (or step, compact, ...) before finish_poll persists the pending entries first.
+    c.nodes[l].tick(now).unwrap();
+    assert!(c.nodes[l].store().last_index() >= index);
+    deliver(&mut c, early);
+    c.run(10);
+    assert!(c
+        .outcomes
+        .contains(&(c.nodes[l].id().0, ProposalId(1), Outcome::Accepted)));
+}
+
+#[test]
+fn a_leader_that_crashes_before_persisting_what_it_sent_loses_nothing_committed() {
+    let mut c = Cluster::new(3);
+    let l = c.elect_and_promote();
+    let now = c.t();
+    let epoch = Epoch(c.nodes[l].term());
+    let cmd = Command::Append {
+        epoch,
+        prev_gtid: None,
+        txns: vec![txn(1, "unsynced at the leader")],
+    };
+    c.nodes[l].propose(ProposalId(1), cmd).unwrap();
+    let early = c.nodes[l].begin_poll(now).unwrap();
+    // Crash: the leader never persists what it sent.
+    let cfg_l = c.nodes[l].config().clone();
+    let store = std::mem::replace(
+        &mut c.nodes[l],
+        LogCore::new(cfg(9, 3), MemStore::new(), BootInstant(0)).unwrap(),
+    )
+    .into_store()
+    .crash();
+    c.nodes[l] = LogCore::new(cfg_l, store, now).unwrap();
+    c.cut[l] = true;
+    deliver(&mut c, early);
+    // The followers hold the entry durably; a new leader commits it with its own term.
+    c.run(800);
+    let nl = c.leader().expect("a new leader");
+    assert_ne!(nl, l);
+    let g = Gtid::new(0, 1, 1);
+    assert_eq!(c.nodes[nl].state_machine().last_gtid(), Some(g));
+    // The restarted node learns it from the new leader.
+    c.cut[l] = false;
+    c.run(400);
+    assert_eq!(c.nodes[l].state_machine().last_gtid(), Some(g));
+    assert_eq!(
+        c.nodes[l].txn(g).unwrap().unwrap().events,
+        b"unsynced at the leader"
+    );
+}
+
+fn report(node: NodeId, applied: u64, healthy: bool) -> Command {
+    Command::MemberReport {
+        node,
+        applied_gtid: Some(Gtid::new(0, 1, applied)),
+        healthy,
+        diverged: false,
+    }
+}
+
+#[test]
+fn compaction_keeps_what_healthy_members_need_and_flags_members_behind() {
+    let mut c = Cluster::new(3);
+    let l = c.elect_and_promote();
+    let epoch = Epoch(c.nodes[l].term());
+    let mut prev = None;
+    for s in 1..=20u64 {
+        let cmd = Command::Append {
+            epoch,
+            prev_gtid: prev,
+            txns: vec![txn(s, "r")],
+        };
+        c.nodes[l].propose(ProposalId(s), cmd).unwrap();
+        prev = Some(Gtid::new(0, 1, s));
+        c.run(4);
+    }
+    let ids: Vec<NodeId> = c.nodes.iter().map(|n| n.id()).collect();
+    let (a, b, lag) = (ids[l], ids[(l + 1) % 3], ids[(l + 2) % 3]);
+    c.nodes[l]
+        .propose(ProposalId(100), report(a, 20, true))
+        .unwrap();
+    c.nodes[l]
+        .propose(ProposalId(101), report(b, 15, true))
+        .unwrap();
+    c.nodes[l]
+        .propose(ProposalId(102), report(lag, 5, false))
+        .unwrap();
+    c.run(20);
+    for i in 0..3 {
+        let keep = crate::retention::keep_after(c.nodes[i].state_machine());
+        assert_eq!(keep, Some(Gtid::new(0, 1, 15)), "node {i}");
+        c.nodes[i].compact(keep, 1_000).unwrap().expect("compacts");
+        let st = c.nodes[i].status(c.t());
+        assert_eq!(st.compacted_through, Some(Gtid::new(0, 1, 15)));
+        assert_eq!(st.needs_rebuild, vec![lag], "node {i}: {st:?}");
+        // Transactions after the healthy minimum stay readable.
+        let rest = c.nodes[i]
+            .txns_after(Some(Gtid::new(0, 1, 15)), usize::MAX)
+            .unwrap();
+        assert_eq!(rest.len(), 5);
+    }
+    // The cap overrides the members: the healthy member behind it is flagged too.
+    let keep = crate::retention::keep_after(c.nodes[l].state_machine());
+    c.nodes[l].compact(keep, 2).unwrap().expect("compacts");
+    let mut want = vec![b, lag];
+    want.sort();
+    assert_eq!(c.nodes[l].status(c.t()).needs_rebuild, want);
+}

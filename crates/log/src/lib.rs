@@ -5,6 +5,7 @@
 //! - [`state_machine`]: the deterministic accept rules and the transaction index.
 //! - [`store`]: durable log storage (raft-engine) and its in-memory twin.
 //! - [`lease`]: the master lease arithmetic.
+//! - [`retention`]: how far the log may be compacted, from the members' reports.
 //! - [`core`]: [`LogCore`], the sans-IO node tying raft-rs, store, state machine and lease.
 //! - [`runtime`]: threads and transport around the core.
 
@@ -13,6 +14,7 @@ pub mod core;
 mod core_tests;
 pub mod entry;
 pub mod lease;
+pub mod retention;
 pub mod runtime;
 pub mod state_machine;
 pub mod store;
@@ -24,7 +26,7 @@ pub use crate::core::{
 };
 pub use entry::{digest_of, Command, EntryPayload, ProposalOrigin, TaggedCommand, TxnChunk};
 pub use lease::{Lease, LeaseParams};
-pub use state_machine::{Membership, Outcome, RejectReason, StateMachine};
+pub use state_machine::{MemberState, Membership, Outcome, RejectReason, StateMachine};
 pub use store::{LogStore, MemStore, RaftEngineStore, RaftStorage, StoreError};
 pub use types::{BinlogPos, BootInstant, Epoch, Gtid, GtidState, NodeId, ProposalId};
 

@@ -72,6 +72,9 @@ pub struct Stats {
     pub leaders: u64,
     pub lease_grants: u64,
     pub crashes: u64,
+    /// Crashes of a node right after it sent entries it had not persisted yet (a leader's
+    /// early messages, `LogCore::begin_poll`).
+    pub crashes_before_persist: u64,
     pub snapshots_installed: u64,
     pub votes_held_off: u64,
     /// Membership changes applied (counted once per node).
@@ -89,6 +92,8 @@ const MAX_DRIFT: f64 = 0.02;
 const MARGIN: Duration = Duration::from_millis(5);
 const TRACE_LEN: usize = 30;
 const SETTLE_STEPS: u64 = 1500;
+/// Chance that a node which just sent entries before persisting them crashes right then.
+const CRASH_BEFORE_PERSIST: f64 = 0.003;
 
 fn ms(x: u64) -> u64 {
     x * 1_000_000
@@ -683,8 +688,10 @@ impl Sim {
             }
         }
         self.actors(i, now);
-        let out = match self.nodes[i].core.as_mut().map(|c| c.poll(now)) {
-            Some(Ok(o)) => o,
+        // Phase 1: the messages raft lets a leader send before it persists (the runtime sends
+        // them before its fsync). They leave now; the node may crash before persisting.
+        let early = match self.nodes[i].core.as_mut().map(|c| c.begin_poll(now)) {
+            Some(Ok(m)) => m,
             Some(Err(e)) => {
                 let s = format!("node{} poll failed: {e}", i + 1);
                 self.violate(s);
@@ -693,25 +700,33 @@ impl Sim {
             None => return,
         };
         let id = self.nodes[i].id.0;
-        let in_hold_off = self.nodes[i]
-            .core
-            .as_ref()
-            .is_some_and(|c| c.in_vote_hold_off(now));
-        for m in &out.messages {
-            let t = m.get_msg_type();
-            if in_hold_off
-                && !m.reject
-                && matches!(
-                    t,
-                    MessageType::MsgRequestVoteResponse | MessageType::MsgRequestPreVoteResponse
-                )
-            {
-                self.violate(format!(
-                    "node{id} granted {t:?} to node{} during its vote hold-off",
-                    m.to
-                ));
-            }
+        let carries_entries = early
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgAppend && !m.entries.is_empty());
+        self.check_outgoing(i, &early, now);
+        for m in early {
+            self.send(m);
         }
+        if carries_entries && !self.settling && self.rng.gen_bool(CRASH_BEFORE_PERSIST) {
+            self.log(format!(
+                "node{id} crashes after sending entries it never persisted"
+            ));
+            let down = self.rng.gen_range(ms(1)..ms(100));
+            self.stats.crashes_before_persist += 1;
+            self.crash(id, down);
+            return;
+        }
+        // Phase 2: persist, apply, and the messages that must wait for the fsync.
+        let out = match self.nodes[i].core.as_mut().map(|c| c.finish_poll(now)) {
+            Some(Ok(o)) => o,
+            Some(Err(e)) => {
+                let s = format!("node{} poll failed: {e}", i + 1);
+                self.violate(s);
+                return;
+            }
+            None => return,
+        };
+        self.check_outgoing(i, &out.messages, now);
         for m in out.messages {
             self.send(m);
         }
@@ -772,6 +787,32 @@ impl Sim {
         }
         for (pid, outcome) in out.outcomes {
             self.on_outcome(i, pid.0, outcome);
+        }
+    }
+
+    /// Invariant 9 at the source: no vote granted during the sender's hold-off.
+    fn check_outgoing(&mut self, i: usize, messages: &[Message], now: BootInstant) {
+        let id = self.nodes[i].id.0;
+        let in_hold_off = self.nodes[i]
+            .core
+            .as_ref()
+            .is_some_and(|c| c.in_vote_hold_off(now));
+        if !in_hold_off {
+            return;
+        }
+        for m in messages {
+            let t = m.get_msg_type();
+            if !m.reject
+                && matches!(
+                    t,
+                    MessageType::MsgRequestVoteResponse | MessageType::MsgRequestPreVoteResponse
+                )
+            {
+                self.violate(format!(
+                    "node{id} granted {t:?} to node{} during its vote hold-off",
+                    m.to
+                ));
+            }
         }
     }
 
@@ -1299,6 +1340,7 @@ pub fn run_many(
         agg.leaders += r.stats.leaders;
         agg.lease_grants += r.stats.lease_grants;
         agg.crashes += r.stats.crashes;
+        agg.crashes_before_persist += r.stats.crashes_before_persist;
         agg.snapshots_installed += r.stats.snapshots_installed;
         agg.votes_held_off += r.stats.votes_held_off;
         agg.membership_changes += r.stats.membership_changes;

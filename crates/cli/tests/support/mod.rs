@@ -29,7 +29,7 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub base_port: u16,
     pub nodes: Vec<Node>,
-    rt: tokio::runtime::Runtime,
+    pub rt: tokio::runtime::Runtime,
 }
 
 fn bin() -> PathBuf {
@@ -210,17 +210,6 @@ impl Cluster {
     pub fn mariadb_socket(&self, id: u64) -> PathBuf {
         self.node(id).config.node.data_dir.join("mariadb.sock")
     }
-
-    /// Keeps the temp dir (and logs) after the test, for a failing test's post-mortem.
-    pub fn keep(self) -> PathBuf {
-        let mut s = self;
-        let path = std::mem::replace(
-            &mut s.dir,
-            tempfile::Builder::new().tempdir().expect("temp dir"),
-        )
-        .keep();
-        path
-    }
 }
 
 impl Drop for Cluster {
@@ -237,6 +226,15 @@ impl Drop for Cluster {
         }
         // mariadbd children die by PDEATHSIG; make sure no one is left holding our datadirs.
         kill_mariadbd_under(self.dir.path());
+        if std::thread::panicking() {
+            // Keep the node logs and data of a failing test for the post-mortem.
+            let kept = std::mem::replace(
+                &mut self.dir,
+                tempfile::Builder::new().tempdir().expect("temp dir"),
+            )
+            .keep();
+            eprintln!("test failed: node logs and data kept in {}", kept.display());
+        }
     }
 }
 

@@ -3,21 +3,25 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
-use quorumsql_peer::{FrameKind, Inbound, PeerNet};
+use quorumsql_peer::{Frame, FrameKind, Inbound, Lane, PeerNet};
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use super::handle::{AppliedPosition, LogHandle, Proposed, Published, Request, SeqLookup};
+use super::park::Parker;
+use super::report::{self, ControlMsg, Report, Reports};
 use super::ticker::TickSchedule;
 use super::{wire, RuntimeConfig};
 use crate::core::{
     LogCore, LogError, LogEvent, LogStatus, Output, ProposeError, Role, StepOutcome,
 };
+use crate::entry::Command;
+use crate::state_machine::MemberState;
 use crate::store::LogStore;
 use crate::types::{BootInstant, Gtid, NodeId, ProposalId};
 
@@ -25,23 +29,25 @@ use crate::types::{BootInstant, Gtid, NodeId, ProposalId};
 const MAX_RAFT_PER_TURN: usize = 4096;
 /// Status is republished at least this often (its time-derived fields change continuously).
 const STATUS_REFRESH: Duration = Duration::from_millis(100);
+/// How often a leader looks for member reports to propose when none arrived (retries reports
+/// whose proposal was dropped).
+const REPORT_RECHECK: Duration = Duration::from_secs(1);
 
 /// Starts log runtimes.
 pub struct LogRuntime;
 
 impl LogRuntime {
     /// Opens the core over `store` on a new OS thread named `quorumsql-log` and starts driving it
-    /// with `peers` and the frames arriving on `inbound`. Must be called inside a tokio runtime
-    /// (a small task decodes inbound raft messages off the runtime thread). Resolves once the core
-    /// is open; the first loop turn then replays the committed log.
+    /// with `peers` and the frames arriving on `inbound` (raft messages and member reports; the
+    /// thread reads that channel itself). Resolves once the core is open; the first loop turn
+    /// then replays the committed log.
     pub async fn start<S: LogStore + Send + 'static>(
         cfg: RuntimeConfig,
         store: S,
         peers: PeerNet,
         inbound: mpsc::Receiver<Inbound>,
     ) -> Result<LogHandle, LogError> {
-        let (raft_tx, raft_rx) = crossbeam_channel::bounded(cfg.inbound_queue.max(1));
-        let (req_tx, req_rx) = crossbeam_channel::unbounded();
+        let (req_tx, req_rx) = mpsc::unbounded_channel();
         let (stopped_tx, stopped_rx) = watch::channel(false);
         let (init_tx, init_rx) = oneshot::channel();
         let published = Arc::new(Published {
@@ -49,7 +55,6 @@ impl LogRuntime {
             loop_at: AtomicU64::new(0),
             lease_margin: cfg.log.lease_margin,
             fatal: Mutex::new(None),
-            inbound_dropped: AtomicU64::new(0),
         });
         let thread_peers = peers.clone();
         let thread_published = published.clone();
@@ -77,17 +82,22 @@ impl LogRuntime {
                 let mut driver = Driver {
                     ticks: TickSchedule::new(now, cfg.log.tick_interval),
                     next_lease_round: now,
+                    next_compaction: now.add(cfg.compact_interval),
+                    next_report_check: now,
                     status_published_at: now,
                     status_key: None,
                     core,
                     cfg,
                     peers: thread_peers,
-                    raft_rx,
+                    inbound: Some(inbound),
                     req_rx,
+                    parker: Parker::for_current_thread(),
                     status_tx,
                     applied_tx,
                     published: thread_published,
                     pending: HashMap::new(),
+                    reports: Reports::default(),
+                    report_seq: 0,
                     next_id: 1,
                     shutting_down: false,
                 };
@@ -108,7 +118,6 @@ impl LogRuntime {
                 ))
             }
         };
-        tokio::spawn(bridge(inbound, raft_tx, published.clone()));
         Ok(LogHandle {
             requests: req_tx,
             status,
@@ -117,32 +126,6 @@ impl LogRuntime {
             published,
             peers,
         })
-    }
-}
-
-/// Decodes raft frames on a tokio task (protobuf parsing stays off the runtime thread) and hands
-/// them over without ever blocking: if the runtime thread is behind, messages are dropped and
-/// counted; raft retransmits.
-async fn bridge(
-    mut inbound: mpsc::Receiver<Inbound>,
-    raft_tx: Sender<(NodeId, Message)>,
-    published: Arc<Published>,
-) {
-    while let Some(Inbound { from, frame }) = inbound.recv().await {
-        if frame.kind != FrameKind::Raft {
-            debug!(peer = %from, kind = ?frame.kind, "ignoring non-raft frame");
-            continue;
-        }
-        match wire::decode(&frame) {
-            Ok(m) => match raft_tx.try_send((from, m)) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    published.inbound_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(TrySendError::Disconnected(_)) => return,
-            },
-            Err(e) => warn!(peer = %from, error = %e, "dropping undecodable raft message"),
-        }
     }
 }
 
@@ -168,18 +151,32 @@ struct Driver<S: LogStore> {
     core: LogCore<S>,
     cfg: RuntimeConfig,
     peers: PeerNet,
-    raft_rx: Receiver<(NodeId, Message)>,
-    req_rx: Receiver<Request>,
+    /// Frames from the peer transport; `None` once the transport is gone.
+    inbound: Option<mpsc::Receiver<Inbound>>,
+    req_rx: mpsc::UnboundedReceiver<Request>,
+    parker: Parker,
     status_tx: watch::Sender<LogStatus>,
     applied_tx: watch::Sender<AppliedPosition>,
     published: Arc<Published>,
     pending: HashMap<ProposalId, Waiter>,
+    reports: Reports,
+    /// Counter of this process's own member reports.
+    report_seq: u64,
     next_id: u64,
     ticks: TickSchedule,
     next_lease_round: BootInstant,
+    next_compaction: BootInstant,
+    next_report_check: BootInstant,
     status_published_at: BootInstant,
     status_key: Option<StatusKey>,
     shutting_down: bool,
+}
+
+/// Peers a send failed to during one turn, reported to raft once the poll is finished.
+#[derive(Default)]
+struct SendFailures {
+    unreachable: BTreeSet<NodeId>,
+    snapshots: Vec<(NodeId, bool)>,
 }
 
 impl<S: LogStore> Driver<S> {
@@ -214,40 +211,93 @@ impl<S: LogStore> Driver<S> {
     }
 
     /// Blocks until the first event or the next deadline, then takes every queued request and up
-    /// to `MAX_RAFT_PER_TURN` raft messages (group commit: all proposals queued now go into one
+    /// to `MAX_RAFT_PER_TURN` peer frames (group commit: all proposals queued now go into one
     /// entry at the next poll).
     fn wait_and_drain(&mut self) -> Result<(), LogError> {
-        let now = BootInstant::now();
-        let wait = self.next_deadline(now).saturating_since(now);
-        crossbeam_channel::select! {
-            recv(self.raft_rx) -> m => match m {
-                Ok((from, msg)) => self.step(from, msg)?,
-                // The bridge ended (transport gone); keep serving local requests.
-                Err(_) => self.raft_rx = crossbeam_channel::never(),
-            },
-            recv(self.req_rx) -> r => match r {
-                Ok(r) => self.request(r),
+        let deadline = self.next_deadline(BootInstant::now());
+        loop {
+            let (req, frame) = {
+                let mut cx = self.parker.context();
+                let req = self.req_rx.poll_recv(&mut cx);
+                let frame = match self.inbound.as_mut() {
+                    Some(rx) => rx.poll_recv(&mut cx),
+                    None => Poll::Pending,
+                };
+                (req, frame)
+            };
+            let mut got = false;
+            match req {
+                Poll::Ready(Some(r)) => {
+                    self.request(r);
+                    got = true;
+                }
                 // Every handle is gone: nobody can use the log any more.
-                Err(_) => self.shutting_down = true,
-            },
-            default(wait) => {}
+                Poll::Ready(None) => {
+                    self.shutting_down = true;
+                    return Ok(());
+                }
+                Poll::Pending => {}
+            }
+            match frame {
+                Poll::Ready(Some(f)) => {
+                    self.frame(f)?;
+                    got = true;
+                }
+                // The transport ended; keep serving local requests.
+                Poll::Ready(None) => self.inbound = None,
+                Poll::Pending => {}
+            }
+            if got {
+                break;
+            }
+            let now = BootInstant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            self.parker.park(deadline.saturating_since(now));
         }
-        let mut stepped = 0;
+        let mut frames = 1;
         loop {
             let mut progressed = false;
             while let Ok(r) = self.req_rx.try_recv() {
                 self.request(r);
                 progressed = true;
             }
-            if stepped < MAX_RAFT_PER_TURN {
-                if let Ok((from, msg)) = self.raft_rx.try_recv() {
-                    self.step(from, msg)?;
-                    stepped += 1;
+            if frames < MAX_RAFT_PER_TURN {
+                if let Some(f) = self.inbound.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                    self.frame(f)?;
+                    frames += 1;
                     progressed = true;
                 }
             }
             if !progressed {
                 return Ok(());
+            }
+        }
+    }
+
+    /// One frame from an authenticated peer: a raft message to step or a member report.
+    fn frame(&mut self, Inbound { from, frame }: Inbound) -> Result<(), LogError> {
+        match frame.kind {
+            FrameKind::Raft => match wire::decode(&frame) {
+                Ok(m) => self.step(from, m),
+                Err(e) => {
+                    warn!(peer = %from, error = %e, "dropping undecodable raft message");
+                    Ok(())
+                }
+            },
+            FrameKind::Control => {
+                let r = report::decode(&frame.body).and_then(|m| match m {
+                    ControlMsg::MemberReport(r) => self.reports.heard(from, r),
+                });
+                if let Err(e) = r {
+                    warn!(peer = %from, error = %e, "dropping control frame");
+                }
+                Ok(())
+            }
+            other => {
+                debug!(peer = %from, kind = ?other, "ignoring frame of unknown kind");
+                Ok(())
             }
         }
     }
@@ -267,8 +317,7 @@ impl<S: LogStore> Driver<S> {
     fn request(&mut self, r: Request) {
         match r {
             Request::Propose { cmd, reply } => {
-                let id = ProposalId(self.next_id);
-                self.next_id += 1;
+                let id = self.next_proposal_id();
                 match self.core.propose(id, cmd) {
                     Ok(()) => {
                         self.pending.insert(
@@ -311,11 +360,119 @@ impl<S: LogStore> Driver<S> {
                 let _ = reply.send(r);
             }
             Request::SetPriority(p) => self.core.set_priority(p),
+            Request::ReportMember(state) => self.report_self(state),
             Request::Shutdown => self.shutting_down = true,
         }
     }
 
-    /// Tick, lease round, poll (persist + apply), send, answer, publish.
+    fn next_proposal_id(&mut self) -> ProposalId {
+        let id = ProposalId(self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    /// Keeps this node's own report and sends it to every peer (see `report`).
+    fn report_self(&mut self, state: MemberState) {
+        self.report_seq += 1;
+        let me = self.core.id();
+        let r = Report {
+            node: me,
+            incarnation: self.core.incarnation(),
+            seq: self.report_seq,
+            state,
+        };
+        let body = match report::encode(&ControlMsg::MemberReport(r.clone())) {
+            Ok(b) => b,
+            Err(e) => {
+                error!(node = %me, error = %e, "member report not sent");
+                return;
+            }
+        };
+        for to in self.peers.peer_ids() {
+            // Not latency-critical: the bulk lane keeps the urgent one free for the lease.
+            if let Err(e) = self
+                .peers
+                .send_on(to, Lane::Bulk, Frame::control(body.clone()))
+            {
+                debug!(peer = %to, error = %e, "member report not sent; the next one will be");
+            }
+        }
+        if let Err(e) = self.reports.heard(me, r) {
+            error!(node = %me, error = %e, "own member report refused");
+        }
+    }
+
+    /// Leader only: proposes the member reports the state machine does not reflect yet.
+    fn propose_reports(&mut self, now: BootInstant) {
+        if self.core.role() != Role::Leader {
+            return;
+        }
+        if !self.reports.dirty && now < self.next_report_check {
+            return;
+        }
+        self.reports.dirty = false;
+        self.next_report_check = now.add(REPORT_RECHECK);
+        for (node, st) in self.reports.to_propose(self.core.state_machine()) {
+            let id = self.next_proposal_id();
+            let cmd = Command::MemberReport {
+                node,
+                applied_gtid: st.applied_gtid,
+                healthy: st.healthy,
+                diverged: st.diverged,
+            };
+            match self.core.propose(id, cmd) {
+                Ok(()) => self.reports.proposed(id, node),
+                // Not leader any more or transferring: a later leader proposes it.
+                Err(e) => {
+                    debug!(member = %node, error = %e, "member report not proposed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Every `compact_interval`: compacts this node's log below what every member still needs
+    /// (`crate::retention`), within `retain_max_entries`, once at least `compact_min_entries`
+    /// would go. The snapshot and the compaction are synced writes on this thread, so they are
+    /// batched rather than done for every few entries.
+    fn maybe_compact(&mut self, now: BootInstant) -> Result<(), LogError> {
+        if now < self.next_compaction {
+            return Ok(());
+        }
+        self.next_compaction = now.add(self.cfg.compact_interval);
+        let keep_after = crate::retention::keep_after(self.core.state_machine());
+        let max = self.cfg.retain_max_entries;
+        let Some(through) = self.core.compaction_target(keep_after, max) else {
+            return Ok(());
+        };
+        let truncated = self.core.store().truncated().0;
+        if through.saturating_sub(truncated) < self.cfg.compact_min_entries.max(1) {
+            return Ok(());
+        }
+        match self.core.compact(keep_after, max) {
+            Ok(Some(rep)) => {
+                let st = self.core.status(now);
+                info!(
+                    node = %self.core.id(),
+                    through = rep.through,
+                    keep_after = ?keep_after,
+                    compacted_gtid = ?st.compacted_through,
+                    needs_rebuild = ?st.needs_rebuild,
+                    "log compacted"
+                );
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e @ (LogError::Store(_) | LogError::Stopped(_))) => Err(e),
+            Err(e) => {
+                warn!(node = %self.core.id(), error = %e, "log compaction skipped");
+                Ok(())
+            }
+        }
+    }
+
+    /// Tick, lease round, member reports, poll in two phases (the leader's messages leave before
+    /// its fsync, so leader and followers persist in parallel), answer, compact, publish.
     fn turn(&mut self) -> Result<(), LogError> {
         let now = BootInstant::now();
         self.core.tick(now)?;
@@ -329,15 +486,26 @@ impl<S: LogStore> Driver<S> {
             };
             self.next_lease_round = now.add(next);
         }
-        let out = self.core.poll(now)?;
-        self.dispatch(out);
+        self.propose_reports(now);
+        let mut failures = SendFailures::default();
+        let early = self.core.begin_poll(now)?;
+        self.send(early, &mut failures);
+        let mut out = self.core.finish_poll(BootInstant::now())?;
+        self.send(std::mem::take(&mut out.messages), &mut failures);
+        for (to, delivered) in failures.snapshots {
+            self.core.report_snapshot(to, delivered);
+        }
+        for to in failures.unreachable {
+            self.core.report_unreachable(to);
+        }
+        self.answer(out);
+        self.maybe_compact(now)?;
         self.publish(BootInstant::now());
         Ok(())
     }
 
-    fn dispatch(&mut self, out: Output) {
-        let mut unreachable = BTreeSet::new();
-        for m in out.messages {
+    fn send(&mut self, messages: Vec<Message>, failures: &mut SendFailures) {
+        for m in messages {
             let to = NodeId(m.to);
             let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
             let sent = match wire::encode(&m) {
@@ -349,21 +517,20 @@ impl<S: LogStore> Driver<S> {
             };
             match sent {
                 // Snapshots ride the ordered bulk lane: appends sent after it arrive after it.
-                Ok(()) if is_snapshot => self.core.report_snapshot(to, true),
+                Ok(()) if is_snapshot => failures.snapshots.push((to, true)),
                 Ok(()) => {}
                 Err(why) => {
                     if is_snapshot {
-                        self.core.report_snapshot(to, false);
+                        failures.snapshots.push((to, false));
                     }
                     debug!(peer = %to, %why, "raft message not sent");
-                    unreachable.insert(to);
+                    failures.unreachable.insert(to);
                 }
             }
         }
-        for to in unreachable {
-            self.core.report_unreachable(to);
-        }
+    }
 
+    fn answer(&mut self, out: Output) {
         let (me, incarnation) = (self.core.id(), self.core.incarnation());
         for a in &out.applied {
             let Some(o) = a.origin else { continue };
@@ -376,6 +543,9 @@ impl<S: LogStore> Driver<S> {
             }
         }
         for (id, outcome) in out.outcomes {
+            if self.reports.resolved(id) {
+                continue;
+            }
             if let Some(w) = self.pending.remove(&id) {
                 let _ = w.reply.send(Ok(Proposed {
                     outcome,
@@ -385,6 +555,12 @@ impl<S: LogStore> Driver<S> {
             }
         }
         for e in out.events {
+            if matches!(e, LogEvent::LostLeadership { .. }) {
+                self.reports.forget_in_flight();
+            }
+            if matches!(e, LogEvent::BecameLeader { .. }) {
+                self.reports.dirty = true;
+            }
             // Logged by their Debug form so new event kinds and fields need no change here.
             if matches!(e, LogEvent::SnapshotInstalled { .. }) {
                 warn!(node = %me, event = ?e, "installed a raft snapshot: this node's transactions have a gap");
@@ -446,6 +622,7 @@ impl<S: LogStore> Driver<S> {
         for (_, w) in self.pending.drain() {
             let _ = w.reply.send(Err(ProposeError::Stopped(reason.clone())));
         }
+        self.req_rx.close();
         while let Ok(r) = self.req_rx.try_recv() {
             match r {
                 Request::Propose { reply, .. } => {
@@ -457,7 +634,10 @@ impl<S: LogStore> Driver<S> {
                 Request::ReadTxns { reply, .. } => {
                     let _ = reply.send(Err(LogError::Stopped(reason.clone())));
                 }
-                Request::SetPriority(_) | Request::Shutdown | Request::LookupSeq { .. } => {}
+                Request::SetPriority(_)
+                | Request::ReportMember(_)
+                | Request::Shutdown
+                | Request::LookupSeq { .. } => {}
             }
         }
         self.status_tx

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use quorumsql_peer::PeerNet;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::core::{CommittedTxn, LogError, LogStatus, ProposeError, Role};
 use crate::entry::Command;
-use crate::state_machine::Outcome;
+use crate::state_machine::{MemberState, Outcome};
 use crate::types::{BootInstant, Gtid, NodeId};
 
 /// What became of a proposal once its entry was applied (or it was dropped).
@@ -67,6 +67,7 @@ pub(crate) enum Request {
         reply: oneshot::Sender<Result<(), ProposeError>>,
     },
     SetPriority(i64),
+    ReportMember(MemberState),
     Shutdown,
 }
 
@@ -78,14 +79,12 @@ pub(crate) struct Published {
     pub loop_at: AtomicU64,
     pub lease_margin: Duration,
     pub fatal: Mutex<Option<String>>,
-    /// Raft messages dropped because the runtime thread was behind.
-    pub inbound_dropped: AtomicU64,
 }
 
 /// Handle to a running log. Cheap to clone; every method is safe to call from any task.
 #[derive(Clone)]
 pub struct LogHandle {
-    pub(crate) requests: crossbeam_channel::Sender<Request>,
+    pub(crate) requests: mpsc::UnboundedSender<Request>,
     pub(crate) status: watch::Receiver<LogStatus>,
     pub(crate) applied: watch::Receiver<AppliedPosition>,
     pub(crate) stopped: watch::Receiver<bool>,
@@ -241,6 +240,21 @@ impl LogHandle {
         let _ = self.requests.send(Request::SetPriority(priority));
     }
 
+    /// Reports this node's mariadbd to the cluster (DESIGN §3): the last GTID it applied (durably:
+    /// `@@gtid_binlog_pos`), whether it is healthy and whether it diverged. Call it every few
+    /// seconds; it never blocks. The report goes to every peer, and the raft leader records each
+    /// member's newest report in the log (`Command::MemberReport`), where log retention reads it:
+    /// the log is compacted only below the smallest GTID applied by every healthy member and what
+    /// a majority applied (see [`crate::retention`]). Members behind the compaction point appear
+    /// in [`LogStatus::needs_rebuild`]. Ignored once the runtime stopped.
+    pub fn report_member(&self, applied_gtid: Option<Gtid>, healthy: bool, diverged: bool) {
+        let _ = self.requests.send(Request::ReportMember(MemberState {
+            applied_gtid,
+            healthy,
+            diverged,
+        }));
+    }
+
     /// Why the runtime stopped on its own (a store failure), if it did. The node must exit.
     pub fn fatal(&self) -> Option<String> {
         self.published.fatal.lock().clone()
@@ -250,11 +264,6 @@ impl LogHandle {
     pub async fn stopped(&self) {
         let mut rx = self.stopped.clone();
         let _ = rx.wait_for(|s| *s).await;
-    }
-
-    /// Raft messages dropped because the runtime thread fell behind (raft retransmits them).
-    pub fn inbound_dropped(&self) -> u64 {
-        self.published.inbound_dropped.load(Ordering::Relaxed)
     }
 
     /// The peer transport the runtime sends on (for status pages and raw streams).

@@ -4,21 +4,28 @@
 //!
 //! Why a thread: raft-engine's synced writes block on fdatasync, which must never stall a tokio
 //! worker. The thread loop:
-//! 1. waits for the first event (a raft message, a request) or the next deadline (tick, lease
-//!    round, and at least every `lease_margin / 2` so the lease never sees a false scheduling gap);
+//! 1. waits for the first event (a frame from the peer transport's channel, read directly by the
+//!    thread; a request) or the next deadline (tick, lease round, and at least every
+//!    `lease_margin / 2` so the lease never sees a false scheduling gap);
 //! 2. drains *every* queued event: raft messages are stepped, proposals queued in the core, so many
-//!    proposals become one entry and one fsync (group commit);
-//! 3. ticks (the core ticks once per whole interval elapsed, never faster than the clock), starts a
-//!    lease round every heartbeat interval, polls the core (persist, apply), sends its messages
-//!    through [`PeerNet`](quorumsql_peer::PeerNet) — heartbeats, votes, lease rounds and append
-//!    responses on the urgent lane, entries on the bulk lane — and reports unreachable peers;
-//! 4. answers proposers and publishes status, the applied position and the lease.
+//!    proposals become one entry and one fsync (group commit); member reports are recorded;
+//! 3. ticks (at most one raft tick per whole interval elapsed, never faster than the clock),
+//!    starts a lease round every heartbeat interval, proposes member reports (leader only), and
+//!    polls the core in two phases: the leader's messages (appends, heartbeats) are sent *before*
+//!    its own fsync, so leader and followers persist in parallel; the rest (votes, append
+//!    responses) only after it. Messages go through [`PeerNet`](quorumsql_peer::PeerNet) —
+//!    heartbeats, votes, lease rounds and append responses on the urgent lane, entries on the
+//!    bulk lane — and unreachable peers are reported to raft;
+//! 4. answers proposers, compacts the log now and then (`crate::retention`), and publishes
+//!    status, the applied position and the lease.
 //!
 //! A store failure is fatal: the thread stops, every waiting proposer gets
 //! [`ProposeError::Stopped`](crate::ProposeError::Stopped), and [`LogHandle::fatal`] says why.
 
 mod driver;
 mod handle;
+mod park;
+mod report;
 mod ticker;
 mod wire;
 
@@ -40,8 +47,14 @@ pub struct RuntimeConfig {
     pub log: LogConfig,
     /// How often the leader starts a lease round; defaults to the heartbeat interval.
     pub lease_round_interval: Duration,
-    /// Raft messages decoded but not yet stepped; more are dropped (raft tolerates loss).
-    pub inbound_queue: usize,
+    /// Log retention cap: entries applied beyond this many are compacted even if a member still
+    /// needs them (that member is then marked for rebuild, DESIGN §3).
+    pub retain_max_entries: u64,
+    /// How often the runtime considers compacting its log.
+    pub compact_interval: Duration,
+    /// Compaction writes a state machine snapshot (synced) on the runtime thread, so it waits
+    /// until at least this many entries can go.
+    pub compact_min_entries: u64,
 }
 
 impl RuntimeConfig {
@@ -50,7 +63,9 @@ impl RuntimeConfig {
         RuntimeConfig {
             lease_round_interval: log.tick_interval.saturating_mul(hb),
             log,
-            inbound_queue: 8192,
+            retain_max_entries: 100_000,
+            compact_interval: Duration::from_secs(10),
+            compact_min_entries: 1_000,
         }
     }
 }

@@ -30,6 +30,10 @@ struct TestCluster {
 }
 
 async fn cluster() -> TestCluster {
+    cluster_with(|_| {}).await
+}
+
+async fn cluster_with(tune: impl Fn(&mut RuntimeConfig)) -> TestCluster {
     let dir = tempfile::tempdir().unwrap();
     let secret = ClusterSecret::random();
     let mut listeners = Vec::new();
@@ -52,11 +56,9 @@ async fn cluster() -> TestCluster {
         pc.handshake_params = handshake_params(&log);
         let (net, inbound) = PeerNet::start_on(pc, l).unwrap();
         let store = RaftEngineStore::open(&dir.path().join(format!("n{id}"))).unwrap();
-        nodes.push(
-            LogRuntime::start(RuntimeConfig::new(log), store, net, inbound)
-                .await
-                .unwrap(),
-        );
+        let mut rc = RuntimeConfig::new(log);
+        tune(&mut rc);
+        nodes.push(LogRuntime::start(rc, store, net, inbound).await.unwrap());
     }
     TestCluster { nodes, _dir: dir }
 }
@@ -327,5 +329,83 @@ async fn shutdown_stops_the_runtime_and_fails_later_calls() {
     assert_eq!(n.fatal(), None, "a requested shutdown is not a fatal error");
     for m in &c.nodes {
         m.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_reports_drive_compaction_and_flag_a_lagging_member() {
+    let c = cluster_with(|rc| {
+        rc.compact_interval = Duration::from_millis(50);
+        rc.compact_min_entries = 1;
+    })
+    .await;
+    let (l, epoch) = c.promote().await;
+    let leader = &c.nodes[l];
+    // One transaction per entry (each waits for the previous), so the log can be compacted
+    // exactly behind any of them.
+    let mut prev = leader.status().last_gtid;
+    for seq in 1..=30u64 {
+        let (gtid, cmd) = append(epoch, prev, seq, format!("txn {seq}").as_bytes());
+        assert_eq!(
+            leader.propose(cmd).await.unwrap().outcome,
+            Outcome::Accepted
+        );
+        prev = Some(gtid);
+    }
+    let g = |seq| Some(Gtid::new(0, 1, seq));
+    // Nothing is compacted while no member reported.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(c
+        .nodes
+        .iter()
+        .all(|n| n.status().compacted_through.is_none()));
+
+    // The leader's mariadbd applied everything, a follower's up to 20, the other follower's is
+    // unhealthy at 10. Followers' reports reach the log only through the leader.
+    let (f1, f2) = ((l + 1) % 3, (l + 2) % 3);
+    let lagging = c.nodes[f2].status().id;
+    leader.report_member(g(30), true, false);
+    c.nodes[f1].report_member(g(20), true, false);
+    c.nodes[f2].report_member(g(10), false, false);
+    for (i, n) in c.nodes.iter().enumerate() {
+        wait_for(
+            "compaction below the smallest healthy applied GTID",
+            || {
+                let st = n.status();
+                (st.compacted_through == g(20) && st.needs_rebuild == vec![lagging]).then_some(())
+            },
+            || {
+                let st = n.status();
+                format!(
+                    "node index {i}: compacted {:?} first {} needs_rebuild {:?}",
+                    st.compacted_through, st.first_index, st.needs_rebuild
+                )
+            },
+        )
+        .await;
+        // What a healthy member still needs stays readable; older positions are gone.
+        let rest = n.read_txns_after(g(20), usize::MAX).await.unwrap();
+        assert_eq!(rest.len(), 10);
+        assert!(matches!(
+            n.read_txns_after(g(10), usize::MAX).await,
+            Err(crate::core::LogError::Compacted { .. })
+        ));
+    }
+
+    // A later, lower report of the healthy follower is recorded too (newest report wins) and
+    // holds the log where it is; the compaction point never moves back.
+    c.nodes[f1].report_member(g(25), true, false);
+    c.nodes[f2].report_member(g(30), true, false);
+    for n in &c.nodes {
+        wait_for(
+            "compaction up to the new healthy minimum",
+            || (n.status().compacted_through == g(25)).then_some(()),
+            || format!("{:?}", n.status().compacted_through),
+        )
+        .await;
+        assert!(n.status().needs_rebuild.is_empty(), "{:?}", n.status());
+    }
+    for n in &c.nodes {
+        n.shutdown().await;
     }
 }

@@ -538,38 +538,62 @@ impl Roles {
 
     // ----- master --------------------------------------------------------------------------
 
-    /// Runs while this node is master; returns why it must stop.
+    /// Runs while this node is master; returns why it must stop. The checks run every poll
+    /// interval whatever else is going on: the canary commit runs on its own task, because a
+    /// commit can wait for its ACK for as long as the log is unreachable, and a master that
+    /// lost its leadership must notice that at once, not after the canary's timeout.
     async fn master_phase(&mut self, epoch: Epoch) -> FenceReason {
         let mut lease_lost_since: Option<Instant> = None;
         let mut next_canary = Instant::now();
-        loop {
+        let mut canary: Option<(Instant, tokio::task::JoinHandle<Result<(), String>>)> = None;
+        let reason = loop {
             tokio::time::sleep(self.timing.poll).await;
             if self.mariadb_exited() {
-                return FenceReason::MariadbExited;
+                break FenceReason::MariadbExited;
             }
             let st = self.log.status();
             let master_ok = st.role == RaftRole::Leader
                 && st.term == epoch.0
                 && st.master == Some((self.me, epoch));
             if !master_ok {
-                return FenceReason::LostLeadership;
+                break FenceReason::LostLeadership;
             }
             if st.lease_remaining.is_some() {
                 lease_lost_since = None;
             } else {
                 let since = *lease_lost_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > self.timing.lease_lapse_fence {
-                    return FenceReason::LeaseLapsed(since.elapsed());
+                    break FenceReason::LeaseLapsed(since.elapsed());
                 }
             }
             if let Some(why) = self.capture_ended() {
-                return FenceReason::CaptureStopped(why);
+                break FenceReason::CaptureStopped(why);
             }
-            if Instant::now() >= next_canary {
-                next_canary = Instant::now() + self.timing.canary_every;
-                if let Err(e) = self.canary(epoch).await {
-                    return FenceReason::CanaryStalled(e);
+            match canary.take() {
+                Some((started, task)) if task.is_finished() => match task.await {
+                    Ok(Ok(())) => next_canary = started + self.timing.canary_every,
+                    Ok(Err(e)) => break FenceReason::CanaryStalled(e),
+                    Err(e) => break FenceReason::CanaryStalled(format!("canary task: {e}")),
+                },
+                Some((started, task)) => {
+                    if started.elapsed() > self.timing.stall_timeout {
+                        task.abort();
+                        break FenceReason::CanaryStalled(format!(
+                            "canary commit did not complete within {:?}",
+                            self.timing.stall_timeout
+                        ));
+                    }
+                    canary = Some((started, task));
                 }
+                None if Instant::now() >= next_canary => {
+                    let socket = self.db.config().socket();
+                    let me = self.me.0;
+                    canary = Some((
+                        Instant::now(),
+                        tokio::spawn(async move { canary_commit(socket, me, epoch).await }),
+                    ));
+                }
+                None => {}
             }
             match self.query_one("SELECT @@gtid_binlog_pos").await {
                 Ok(pos) => {
@@ -578,60 +602,11 @@ impl Roles {
                 }
                 Err(e) => warn!(%e, "cannot read @@gtid_binlog_pos"),
             }
-        }
-    }
-
-    /// Commits a canary row through the normal write path and checks that it got a new GTID
-    /// (MariaDB may have switched binary logging off while `@@log_bin` still reads 1).
-    async fn canary(&mut self, epoch: Epoch) -> Result<(), String> {
-        let stall = self.timing.stall_timeout;
-        let me = self.me.0;
-        let conn = self.admin().await?;
-        let run = async {
-            let e = |e: crate::sql::SqlError| e.to_string();
-            // The canary is the one write QuorumSQL makes through the binlog: it must travel the
-            // normal write path to prove that path works.
-            conn.exec("SET SESSION sql_log_bin = 1").await.map_err(e)?;
-            conn.exec("CREATE DATABASE IF NOT EXISTS quorumsql")
-                .await
-                .map_err(e)?;
-            conn.exec(
-                "CREATE TABLE IF NOT EXISTS quorumsql.heartbeat (node INT UNSIGNED PRIMARY KEY, \
-                 epoch BIGINT UNSIGNED NOT NULL, at TIMESTAMP(6) NOT NULL) ENGINE=InnoDB",
-            )
-            .await
-            .map_err(e)?;
-            let before = conn
-                .query_value("SELECT @@gtid_binlog_pos")
-                .await
-                .map_err(e)?;
-            conn.exec(&format!(
-                "REPLACE INTO quorumsql.heartbeat VALUES ({me}, {}, NOW(6))",
-                epoch.0
-            ))
-            .await
-            .map_err(e)?;
-            let after = conn
-                .query_value("SELECT @@gtid_binlog_pos")
-                .await
-                .map_err(e)?;
-            conn.exec("SET SESSION sql_log_bin = 0").await.map_err(e)?;
-            if after == before {
-                return Err(format!(
-                    "canary commit produced no new GTID (binlog at {}): binary logging is off",
-                    after.unwrap_or_default()
-                ));
-            }
-            Ok(())
         };
-        let r = match tokio::time::timeout(stall, run).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("canary commit did not complete within {stall:?}")),
-        };
-        if r.is_err() {
-            self.admin = None;
+        if let Some((_, task)) = canary {
+            task.abort();
         }
-        r
+        reason
     }
 
     // ----- fencing and divergence ---------------------------------------------------------
@@ -894,4 +869,46 @@ enum StartError {
     Retry(String),
     /// The node's history is not part of the log.
     Diverged(String),
+}
+
+/// Commits a canary row through the normal write path (binlog, capture, log, ACK) and checks
+/// that it got a new GTID: MariaDB may have switched binary logging off while `@@log_bin` still
+/// reads 1 (design-review 2). The schema is created only when missing, because DDL is not
+/// rolled back by crash recovery: a canary DDL caught by a fence would diverge this node.
+async fn canary_commit(socket: std::path::PathBuf, me: u64, epoch: Epoch) -> Result<(), String> {
+    let e = |e: crate::sql::SqlError| format!("canary: {e}");
+    let mut conn = SqlConn::connect_unix(&socket, "root", "")
+        .await
+        .map_err(e)?;
+    let exists = conn
+        .query_value(
+            "SELECT COUNT(*) FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = 'quorumsql' AND TABLE_NAME = 'heartbeat'",
+        )
+        .await
+        .map_err(e)?;
+    if exists.as_deref() != Some("1") {
+        conn.exec("CREATE DATABASE IF NOT EXISTS quorumsql")
+            .await
+            .map_err(e)?;
+        conn.exec(
+            "CREATE TABLE IF NOT EXISTS quorumsql.heartbeat (node INT UNSIGNED PRIMARY KEY, \
+             epoch BIGINT UNSIGNED NOT NULL, at TIMESTAMP(6) NOT NULL) ENGINE=InnoDB",
+        )
+        .await
+        .map_err(e)?;
+    }
+    conn.exec(&format!(
+        "REPLACE INTO quorumsql.heartbeat VALUES ({me}, {}, NOW(6))",
+        epoch.0
+    ))
+    .await
+    .map_err(e)?;
+    // The session's own last GTID: empty when the commit bypassed the binlog.
+    let gtid = conn.query_value("SELECT @@last_gtid").await.map_err(e)?;
+    let _ = conn.quit().await;
+    match gtid.as_deref() {
+        Some(g) if !g.is_empty() => Ok(()),
+        _ => Err("canary commit produced no GTID: binary logging is off".into()),
+    }
 }

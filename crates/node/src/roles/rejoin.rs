@@ -201,7 +201,7 @@ mod tests {
         );
         let unordered = vec![txn(1, 2, 2), txn(1, 1, 1)];
         assert!(matches!(
-            check(&unordered, None, |_, _| LogLookup::Missing),
+            check(&unordered, None, log_of(vec![txn(1, 1, 1), txn(1, 2, 2)])),
             Err(Divergence::OutOfOrder { .. })
         ));
     }
