@@ -435,19 +435,20 @@ impl<S: LogStore> Driver<S> {
     /// (`crate::retention`), within `retain_max_entries`, once at least `compact_min_entries`
     /// would go. The snapshot and the compaction are synced writes on this thread, so they are
     /// batched rather than done for every few entries.
-    fn maybe_compact(&mut self, now: BootInstant) -> Result<(), LogError> {
+    /// Returns whether it compacted.
+    fn maybe_compact(&mut self, now: BootInstant) -> Result<bool, LogError> {
         if now < self.next_compaction {
-            return Ok(());
+            return Ok(false);
         }
         self.next_compaction = now.add(self.cfg.compact_interval);
         let keep_after = crate::retention::keep_after(self.core.state_machine());
         let max = self.cfg.retain_max_entries;
         let Some(through) = self.core.compaction_target(keep_after, max) else {
-            return Ok(());
+            return Ok(false);
         };
         let truncated = self.core.store().truncated().0;
         if through.saturating_sub(truncated) < self.cfg.compact_min_entries.max(1) {
-            return Ok(());
+            return Ok(false);
         }
         match self.core.compact(keep_after, max) {
             Ok(Some(rep)) => {
@@ -460,19 +461,19 @@ impl<S: LogStore> Driver<S> {
                     needs_rebuild = ?st.needs_rebuild,
                     "log compacted"
                 );
-                Ok(())
+                Ok(true)
             }
-            Ok(None) => Ok(()),
+            Ok(None) => Ok(false),
             Err(e @ (LogError::Store(_) | LogError::Stopped(_))) => Err(e),
             Err(e) => {
                 warn!(node = %self.core.id(), error = %e, "log compaction skipped");
-                Ok(())
+                Ok(false)
             }
         }
     }
 
     /// Tick, lease round, member reports, poll in two phases (the leader's messages leave before
-    /// its fsync, so leader and followers persist in parallel), answer, compact, publish.
+    /// its fsync, so leader and followers persist in parallel), publish, answer, compact.
     fn turn(&mut self) -> Result<(), LogError> {
         let now = BootInstant::now();
         self.core.tick(now)?;
@@ -498,9 +499,15 @@ impl<S: LogStore> Driver<S> {
         for to in failures.unreachable {
             self.core.report_unreachable(to);
         }
-        self.answer(out);
-        self.maybe_compact(now)?;
+        // Publish before answering: a proposer that wakes on its outcome must see a status and
+        // applied position at least as new as its entry (promotion reads the GTID state then).
         self.publish(BootInstant::now());
+        self.answer(out);
+        if self.maybe_compact(now)? {
+            // The retained range and the members behind it changed: publish now.
+            self.status_key = None;
+            self.publish(BootInstant::now());
+        }
         Ok(())
     }
 

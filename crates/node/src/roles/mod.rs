@@ -154,6 +154,10 @@ pub struct Roles {
     capture: Option<CaptureHandle>,
     /// Last local GTID the rejoin check verified by content (persisted beside the datadir).
     verified: Option<Gtid>,
+    /// Raft election priority last set: 1 when healthy, 0 when not (DESIGN §3).
+    priority: i64,
+    /// A master that could not serve keeps its priority at 0 until then.
+    low_priority_until: Option<Instant>,
 }
 
 impl Roles {
@@ -180,6 +184,8 @@ impl Roles {
             admin: None,
             capture: None,
             verified,
+            priority: 1,
+            low_priority_until: None,
         }
     }
 
@@ -348,6 +354,8 @@ impl Roles {
                 };
                 let p = problems.clone();
                 self.publish(|s| s.problems = p);
+                let held = self.low_priority_until.is_some_and(|t| Instant::now() < t);
+                self.set_priority(if problems.is_empty() && !held { 1 } else { 0 });
             }
         }
     }
@@ -545,7 +553,8 @@ impl Roles {
     async fn master_phase(&mut self, epoch: Epoch) -> FenceReason {
         let mut lease_lost_since: Option<Instant> = None;
         let mut next_canary = Instant::now();
-        let mut canary: Option<(Instant, tokio::task::JoinHandle<Result<(), String>>)> = None;
+        let mut canary: Option<(Instant, tokio::task::JoinHandle<Result<u64, String>>)> = None;
+        let mut no_tx: Option<u64> = None;
         let reason = loop {
             tokio::time::sleep(self.timing.poll).await;
             if self.mariadb_exited() {
@@ -571,7 +580,10 @@ impl Roles {
             }
             match canary.take() {
                 Some((started, task)) if task.is_finished() => match task.await {
-                    Ok(Ok(())) => next_canary = started + self.timing.canary_every,
+                    Ok(Ok(n)) => {
+                        no_tx = Some(n);
+                        next_canary = started + self.timing.canary_every;
+                    }
                     Ok(Err(e)) => break FenceReason::CanaryStalled(e),
                     Err(e) => break FenceReason::CanaryStalled(format!("canary task: {e}")),
                 },
@@ -590,7 +602,7 @@ impl Roles {
                     let me = self.me.0;
                     canary = Some((
                         Instant::now(),
-                        tokio::spawn(async move { canary_commit(socket, me, epoch).await }),
+                        tokio::spawn(async move { canary_commit(socket, me, epoch, no_tx).await }),
                     ));
                 }
                 None => {}
@@ -617,6 +629,11 @@ impl Roles {
     async fn fence(&mut self, reason: &FenceReason) {
         warn!(%reason, "fencing mariadbd");
         self.set_role(Role::Fenced, vec![format!("fenced: {reason}")]);
+        self.set_priority(0);
+        if matches!(reason, FenceReason::CanaryStalled(_)) {
+            // A master that could not serve must not win the next election straight back.
+            self.low_priority_until = Some(Instant::now() + Duration::from_secs(30));
+        }
         self.stop_capture().await;
         if let Ok(Ok(rows)) = tokio::time::timeout(
             Duration::from_millis(500),
@@ -648,7 +665,7 @@ impl Roles {
         self.stop_capture().await;
         self.sigkill_mariadb();
         self.publish(|s| s.mariadb_pid = None);
-        self.log.set_priority(0);
+        self.set_priority(0);
         self.set_role(
             Role::Diverged,
             vec![format!(
@@ -663,6 +680,13 @@ impl Roles {
                     let _ = self.log.transfer_leader(to).await;
                 }
             }
+        }
+    }
+
+    fn set_priority(&mut self, p: i64) {
+        if p != self.priority {
+            self.priority = p;
+            self.log.set_priority(p);
         }
     }
 
@@ -875,7 +899,12 @@ enum StartError {
 /// that it got a new GTID: MariaDB may have switched binary logging off while `@@log_bin` still
 /// reads 1 (design-review 2). The schema is created only when missing, because DDL is not
 /// rolled back by crash recovery: a canary DDL caught by a fence would diverge this node.
-async fn canary_commit(socket: std::path::PathBuf, me: u64, epoch: Epoch) -> Result<(), String> {
+async fn canary_commit(
+    socket: std::path::PathBuf,
+    me: u64,
+    epoch: Epoch,
+    no_tx_before: Option<u64>,
+) -> Result<u64, String> {
     let e = |e: crate::sql::SqlError| format!("canary: {e}");
     let mut conn = SqlConn::connect_unix(&socket, "root", "")
         .await
@@ -906,9 +935,41 @@ async fn canary_commit(socket: std::path::PathBuf, me: u64, epoch: Epoch) -> Res
     .map_err(e)?;
     // The session's own last GTID: empty when the commit bypassed the binlog.
     let gtid = conn.query_value("SELECT @@last_gtid").await.map_err(e)?;
-    let _ = conn.quit().await;
-    match gtid.as_deref() {
-        Some(g) if !g.is_empty() => Ok(()),
-        _ => Err("canary commit produced no GTID: binary logging is off".into()),
+    if gtid.as_deref().is_none_or(str::is_empty) {
+        return Err("canary commit produced no GTID: binary logging is off".into());
     }
+    // DESIGN §2 health of the write path. SHOW STATUS can wait behind commits, which is why
+    // these checks live here, on the canary's own task, and not in the master loop.
+    let rows = conn
+        .query("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_%'")
+        .await
+        .map_err(e)?;
+    let status = |name: &str| {
+        rows.iter()
+            .find(|r| r.get_idx(0).is_some_and(|n| n.eq_ignore_ascii_case(name)))
+            .and_then(|r| r.get_idx(1))
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    if status("Rpl_semi_sync_master_status") != "ON" {
+        return Err("semi-sync is not active on the master: commits could skip the log".into());
+    }
+    let clients = status("Rpl_semi_sync_master_clients");
+    if clients != "1" {
+        return Err(format!(
+            "the master has {clients} semi-sync clients; exactly one (capture) is safe"
+        ));
+    }
+    let no_tx: u64 = status("Rpl_semi_sync_master_no_tx").parse().unwrap_or(0);
+    if no_tx_before.is_some_and(|b| no_tx > b) {
+        return Err(format!(
+            "Rpl_semi_sync_master_no_tx grew to {no_tx}: a commit went through without an ACK"
+        ));
+    }
+    let master = conn.query("SHOW MASTER STATUS").await.map_err(e)?;
+    if master.is_empty() {
+        return Err("SHOW MASTER STATUS is empty: binary logging is off".into());
+    }
+    let _ = conn.quit().await;
+    Ok(no_tx)
 }
