@@ -186,8 +186,10 @@ class Cluster:
         while time.time() - t0 < timeout:
             sts = self.all_status()
             m = self.master()
-            if m and all(st and st.get("healthy") and st.get("role") in ("master", "replica")
-                         and st.get("master") == m for st in sts):
+            # A master without a lease yet refuses RW statements (ERR 1053 "lease lost").
+            if m and sts[m - 1] and sts[m - 1].get("lease_remaining_ms") and all(
+                    st and st.get("healthy") and st.get("role") in ("master", "replica")
+                    and st.get("master") == m for st in sts):
                 if target is None:
                     target = gtid_seq(sts[m - 1].get("last_gtid"))
                 if all(gtid_seq(st.get("applied_gtid")) >= target for st in sts):

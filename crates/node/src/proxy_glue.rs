@@ -155,7 +155,13 @@ pub async fn start(
             std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             me.mariadb_port,
         ),
-        limits: ProxyLimits::default(),
+        limits: ProxyLimits {
+            // DESIGN §3: a lease lapse shorter than the election timeout only pauses forwarding
+            // (a slow heartbeat round must not cut clients off); a longer one fences, and the
+            // master change then closes the sessions.
+            lease_pause: cfg.raft.tick() * cfg.raft.election_ticks_max as u32,
+            ..ProxyLimits::default()
+        },
     };
     let proxy = Arc::new(
         ProxyHandle::start(proxy_cfg, oracle.clone(), Arc::new(NetDialer(net.clone())))

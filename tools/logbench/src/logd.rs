@@ -153,12 +153,16 @@ pub async fn run(args: LogdArgs) -> Result<(), LogdError> {
 /// promotion steps 1 and 8), and re-synchronises the proposal cursor after a broken chain.
 async fn master_loop(node: Arc<Node>) {
     let mut status_rx = node.log.subscribe_status();
+    let mut applied_rx = node.log.subscribe_applied();
     // (term, last_index seen when this node first led it): entries up to there predate us.
     let mut led: Option<(u64, u64)> = None;
     // When MasterReady was last proposed in the current term; re-proposed after a second without
     // effect (a refused one, e.g. because the last GTID moved, is harmless: the rules reject it).
     let mut ready_sent: Option<(u64, tokio::time::Instant)> = None;
     loop {
+        // Marks the applied position seen (before reading the status, which includes it), so
+        // `changed` waits for the next one.
+        applied_rx.borrow_and_update();
         let st: LogStatus = status_rx.borrow_and_update().clone();
         let leading = st.role == Role::Leader && !st.transferring;
         if !leading {
@@ -214,8 +218,16 @@ async fn master_loop(node: Arc<Node>) {
                 });
             }
         }
-        // Wake on any status change, and regularly to retry.
-        let _ = tokio::time::timeout(Duration::from_millis(50), status_rx.changed()).await;
+        // Wake on leadership changes, on applied entries while waiting to become master (the
+        // status watch does not wake for them), and regularly to retry.
+        let waiting = !node.is_master();
+        let woken = async {
+            tokio::select! {
+                _ = status_rx.changed() => {}
+                _ = applied_rx.changed(), if waiting => {}
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(50), woken).await;
         if node.log.fatal().is_some() {
             return;
         }

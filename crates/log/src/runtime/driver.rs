@@ -129,6 +129,11 @@ impl LogRuntime {
     }
 }
 
+/// Whether a raft message carries log data (entries or a snapshot).
+fn carries_data(m: &Message) -> bool {
+    !m.entries.is_empty() || m.get_msg_type() == MessageType::MsgSnapshot
+}
+
 /// A proposer waiting for its outcome.
 struct Waiter {
     reply: oneshot::Sender<Result<Proposed, ProposeError>>,
@@ -136,7 +141,8 @@ struct Waiter {
     completed: Vec<Gtid>,
 }
 
-/// Fields whose change makes the status worth publishing at once.
+/// Fields whose change makes the status worth publishing at once (role, term, leader, commit
+/// index, applied index, last GTID, master).
 type StatusKey = (
     Role,
     u64,
@@ -490,19 +496,34 @@ impl<S: LogStore> Driver<S> {
         self.propose_reports(now);
         let mut failures = SendFailures::default();
         let early = self.core.begin_poll(now)?;
-        self.send(early, &mut failures);
+        // Entries (and snapshots) leave before the leader's own fsync so it overlaps the
+        // followers'. A leader's other messages (commit updates, heartbeats) gain nothing from
+        // leaving early: they wait until the proposers are answered, which is what commit latency
+        // is made of. A follower's messages (append responses) are on the commit path: they leave
+        // right after its fsync.
+        let mut deferred = Vec::new();
+        if early.iter().any(carries_data) {
+            self.send(early, &mut failures);
+        } else {
+            deferred = early;
+        }
         let mut out = self.core.finish_poll(BootInstant::now())?;
-        self.send(std::mem::take(&mut out.messages), &mut failures);
+        if deferred.is_empty() {
+            self.send(std::mem::take(&mut out.messages), &mut failures);
+        } else {
+            deferred.append(&mut out.messages);
+        }
+        // Publish before answering: a proposer that wakes on its outcome must see a status and
+        // applied position at least as new as its entry (promotion reads the GTID state then).
+        self.publish(BootInstant::now());
+        self.answer(out);
+        self.send(deferred, &mut failures);
         for (to, delivered) in failures.snapshots {
             self.core.report_snapshot(to, delivered);
         }
         for to in failures.unreachable {
             self.core.report_unreachable(to);
         }
-        // Publish before answering: a proposer that wakes on its outcome must see a status and
-        // applied position at least as new as its entry (promotion reads the GTID state then).
-        self.publish(BootInstant::now());
-        self.answer(out);
         if self.maybe_compact(now)? {
             // The retained range and the members behind it changed: publish now.
             self.status_key = None;
@@ -607,9 +628,22 @@ impl<S: LogStore> Driver<S> {
         );
         let stale = now.saturating_since(self.status_published_at) >= STATUS_REFRESH;
         if stale || self.status_key != Some(key) {
+            // Readers always see the newest value; waiters are woken for leadership and master
+            // changes (and every STATUS_REFRESH), not for every commit: a wake-up per commit
+            // would cost the commit path CPU. Applied entries are announced by `applied_tx`.
+            let leading = |k: &StatusKey| (k.0, k.1, k.2, k.6);
+            let notify = stale || self.status_key.is_none_or(|k| leading(&k) != leading(&key));
             self.status_key = Some(key);
-            self.status_published_at = now;
-            self.status_tx.send_replace(self.core.status(now));
+            let st = self.core.status(now);
+            if notify {
+                self.status_published_at = now;
+                self.status_tx.send_replace(st);
+            } else {
+                self.status_tx.send_if_modified(|cur| {
+                    *cur = st;
+                    false
+                });
+            }
         }
     }
 

@@ -136,7 +136,8 @@ impl LogHandle {
     }
 
     /// Proposes `cmd` and waits until it is applied: `Accepted`, `Rejected` by the state machine's
-    /// rules, or `Dropped` (never reached the committed log).
+    /// rules, or `Dropped` (never reached the committed log). When it resolves, [`LogHandle::status`]
+    /// and the applied position already include the proposal's entry.
     pub async fn propose(&self, cmd: Command) -> Result<Proposed, ProposeError> {
         self.submit(cmd)?.wait().await
     }
@@ -147,8 +148,9 @@ impl LogHandle {
         self.status.borrow().clone()
     }
 
-    /// Status updates, published when role, term, leader, indexes, master or GTID change (and
-    /// every ~100 ms).
+    /// Status updates. The value is always as of the runtime's last loop turn (indexes and GTIDs
+    /// included); waiters are woken when role, term, leader or master change, and at least every
+    /// ~100 ms. To wait for applied entries use [`LogHandle::subscribe_applied`].
     pub fn subscribe_status(&self) -> watch::Receiver<LogStatus> {
         self.status.clone()
     }
