@@ -17,6 +17,7 @@ pub struct StatusArgs {
     #[arg(long)]
     admin: Option<SocketAddr>,
     /// Print JSON (`master`, `nodes[]` with `id`, `role`, `last_gtid`, `applied_gtid`, `healthy`).
+    /// The exit status is 0 when the cluster is ok and 2 otherwise.
     #[arg(long)]
     json: bool,
 }
@@ -64,7 +65,10 @@ pub async fn run(args: StatusArgs) -> Result<(), String> {
     if cluster.verdict.starts_with("cluster ok") {
         Ok(())
     } else {
-        Err(cluster.verdict.clone())
+        // The verdict is already printed; scripts read the exit status: 2 = not healthy.
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        std::process::exit(2)
     }
 }
 

@@ -555,6 +555,7 @@ impl Roles {
         let mut next_canary = Instant::now();
         let mut canary: Option<(Instant, tokio::task::JoinHandle<Result<u64, String>>)> = None;
         let mut no_tx: Option<u64> = None;
+        let mut next_audit = Instant::now();
         let reason = loop {
             tokio::time::sleep(self.timing.poll).await;
             if self.mariadb_exited() {
@@ -614,11 +615,59 @@ impl Roles {
                 }
                 Err(e) => warn!(%e, "cannot read @@gtid_binlog_pos"),
             }
+            if Instant::now() >= next_audit {
+                next_audit = Instant::now() + Duration::from_secs(60);
+                match self.audit_privileges().await {
+                    Ok(findings) => {
+                        for f in &findings {
+                            warn!(finding = %f, "privilege audit");
+                        }
+                        self.publish(|s| s.problems = findings);
+                    }
+                    Err(e) => warn!(%e, "privilege audit failed"),
+                }
+            }
         };
         if let Some((_, task)) = canary {
             task.abort();
         }
         reason
+    }
+
+    /// DESIGN §4: client accounts hold only database-level privileges. A global privilege from
+    /// this list lets a client bypass `read_only`, the binlog or the semi-sync wait, or write
+    /// where only replication may. Reported (the node shows unhealthy) rather than revoked:
+    /// changing grants is the operator's decision.
+    async fn audit_privileges(&mut self) -> Result<Vec<String>, String> {
+        let rows = self
+            .query(
+                "SELECT GRANTEE, PRIVILEGE_TYPE, IS_GRANTABLE FROM information_schema.USER_PRIVILEGES \
+                 WHERE (PRIVILEGE_TYPE IN ('SUPER', 'READ ONLY ADMIN', 'BINLOG ADMIN', 'BINLOG REPLAY', \
+                 'RELOAD', 'SHUTDOWN', 'CONNECTION ADMIN', 'REPLICATION SLAVE', \
+                 'REPLICATION MASTER ADMIN', 'FILE', 'CREATE USER') OR IS_GRANTABLE = 'YES') \
+                 AND GRANTEE NOT IN ('''root''@''localhost''', '''mariadb.sys''@''localhost''') \
+                 AND GRANTEE NOT LIKE '''quorumsql%'",
+            )
+            .await?;
+        let mut by_account: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for r in &rows {
+            let who = r.get_idx(0).unwrap_or("?").to_string();
+            let what = match (r.get_idx(1), r.get_idx(2)) {
+                (Some(p), Some("YES")) => format!("{p} WITH GRANT OPTION"),
+                (Some(p), _) => p.to_string(),
+                _ => continue,
+            };
+            by_account.entry(who).or_default().push(what);
+        }
+        Ok(by_account
+            .into_iter()
+            .map(|(who, privs)| {
+                format!(
+                    "account {who} holds global {}: client accounts may hold database-level privileges only (DESIGN §4); revoke them",
+                    privs.join(", ")
+                )
+            })
+            .collect())
     }
 
     // ----- fencing and divergence ---------------------------------------------------------
