@@ -562,11 +562,11 @@ impl<S: LogStore> LogCore<S> {
         self.lease.observe(now);
         let interval = crate::types::duration_nanos(self.cfg.tick_interval).max(1);
         let due = now.0.saturating_sub(self.last_tick.0) / interval;
-        for _ in 0..due.min((2 * self.cfg.election_ticks_max) as u64) {
+        if due > 0 {
             self.raw.tick();
             self.after_raft_call(now);
+            self.last_tick = BootInstant(self.last_tick.0 + due * interval);
         }
-        self.last_tick = BootInstant(self.last_tick.0 + due * interval);
     }
 
     /// Steps a raft message received from authenticated peer `from`.

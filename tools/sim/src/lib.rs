@@ -93,7 +93,7 @@ const MARGIN: Duration = Duration::from_millis(5);
 const TRACE_LEN: usize = 30;
 const SETTLE_STEPS: u64 = 1500;
 /// Chance that a node which just sent entries before persisting them crashes right then.
-const CRASH_BEFORE_PERSIST: f64 = 0.0;
+const CRASH_BEFORE_PERSIST: f64 = 0.003;
 
 fn ms(x: u64) -> u64 {
     x * 1_000_000
@@ -707,11 +707,7 @@ impl Sim {
         for m in early {
             self.send(m);
         }
-        if carries_entries
-            && CRASH_BEFORE_PERSIST > 0.0
-            && !self.settling
-            && self.rng.gen_bool(CRASH_BEFORE_PERSIST)
-        {
+        if carries_entries && !self.settling && self.rng.gen_bool(CRASH_BEFORE_PERSIST) {
             self.log(format!(
                 "node{id} crashes after sending entries it never persisted"
             ));

@@ -356,6 +356,7 @@ impl Roles {
                 self.publish(|s| s.problems = p);
                 let held = self.low_priority_until.is_some_and(|t| Instant::now() < t);
                 self.set_priority(if problems.is_empty() && !held { 1 } else { 0 });
+                self.report_member(problems.is_empty(), false);
             }
         }
     }
@@ -556,6 +557,7 @@ impl Roles {
         let mut canary: Option<(Instant, tokio::task::JoinHandle<Result<u64, String>>)> = None;
         let mut no_tx: Option<u64> = None;
         let mut next_audit = Instant::now();
+        let mut next_report = Instant::now();
         let reason = loop {
             tokio::time::sleep(self.timing.poll).await;
             if self.mariadb_exited() {
@@ -614,6 +616,10 @@ impl Roles {
                     self.publish(|s| s.applied_gtid = applied);
                 }
                 Err(e) => warn!(%e, "cannot read @@gtid_binlog_pos"),
+            }
+            if Instant::now() >= next_report {
+                next_report = Instant::now() + Duration::from_secs(2);
+                self.report_member(true, false);
             }
             if Instant::now() >= next_audit {
                 next_audit = Instant::now() + Duration::from_secs(60);
@@ -724,12 +730,25 @@ impl Roles {
         );
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
+            self.report_member(false, true);
             if self.log.status().role == RaftRole::Leader {
                 if let Some(to) = self.best_peer() {
                     let _ = self.log.transfer_leader(to).await;
                 }
             }
         }
+    }
+
+    /// Tells the cluster what this node's mariadbd has applied: the log is compacted only below
+    /// what every healthy member applied (DESIGN §3 "Log retention").
+    fn report_member(&self, healthy: bool, diverged: bool) {
+        let applied = self
+            .state
+            .borrow()
+            .applied_gtid
+            .as_ref()
+            .and_then(|g| g.get(0));
+        self.log.report_member(applied, healthy, diverged);
     }
 
     fn set_priority(&mut self, p: i64) {
