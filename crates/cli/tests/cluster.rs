@@ -84,6 +84,18 @@ fn three_nodes_replicate_through_the_master() {
     wait_converged(&c, master, "app.t", &[1, 2, 3]);
     let s = c.status();
     assert!(s.nodes.iter().all(|n| n.healthy), "{s:?}");
+    // The proxy's counters are in /status: the replica node's RW port forwarded a connection,
+    // which the master's proxy took in from its peer.
+    let proxy = |id: u64| {
+        s.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .and_then(|n| n.proxy.clone())
+            .unwrap_or_else(|| panic!("node{id} reports no proxy metrics: {s:?}"))
+    };
+    assert!(proxy(master).rw.total >= 11, "{:?}", proxy(master));
+    assert!(proxy(other).rw.total >= 1, "{:?}", proxy(other));
+    assert!(proxy(master).peer_rw.total >= 1, "{:?}", proxy(master));
 }
 
 /// Writes single-row autocommit inserts through one node's RW port until told to stop, and

@@ -41,6 +41,10 @@ pub struct NodeStatus {
     pub pid: u32,
     pub mariadb_pid: Option<u32>,
     pub peers: Vec<PeerStatus>,
+    /// Client-port counters: connections open and total per port, bytes, errors by kind,
+    /// routing changes.
+    #[serde(default)]
+    pub proxy: Option<crate::proxy::MetricsSnapshot>,
 }
 
 /// What this node knows about one peer.

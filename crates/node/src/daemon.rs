@@ -115,11 +115,17 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     let log = LogRuntime::start(RuntimeConfig::new(log_cfg), store, net.clone(), inbound).await?;
 
     // The admin port, early: a node stuck later is still visible.
+    let proxy_slot: Arc<std::sync::OnceLock<Arc<crate::proxy::ProxyHandle>>> = Arc::default();
     let status_fn: crate::admin::StatusFn = {
         let log = log.clone();
         let role_rx = role_rx.clone();
         let id = cfg.node.id;
-        Arc::new(move || node_status(id, &log, &role_rx.borrow()))
+        let proxy_slot = proxy_slot.clone();
+        Arc::new(move || {
+            let mut s = node_status(id, &log, &role_rx.borrow());
+            s.proxy = proxy_slot.get().map(|p| p.metrics());
+            s
+        })
     };
     let admin = crate::admin::bind(me.admin, status_fn.clone(), shutdown.clone()).await?;
     let admin_task = tokio::spawn(admin);
@@ -150,6 +156,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     )
     .await
     .map_err(DaemonError::Proxy)?;
+    let _ = proxy_slot.set(proxy.clone());
 
     // Roles drives mariadbd.
     let sink = Arc::new(LogSink::new(log.clone()));
@@ -221,5 +228,6 @@ fn node_status(id: u64, log: &LogHandle, role: &RoleSnapshot) -> NodeStatus {
         pid: std::process::id(),
         mariadb_pid: role.mariadb_pid,
         peers,
+        proxy: None,
     }
 }

@@ -65,8 +65,17 @@ impl RouteOracle for NodeOracle {
             };
         }
         let st = self.log.status();
+        // Forward only to a master we can reach right now: a killed master is known dead to
+        // the peer transport at once, long before the next MasterReady names its successor,
+        // and the proxy then waits (bounded) for a new master instead of failing the client.
+        let reachable = |node: NodeId| {
+            self.log
+                .peers()
+                .peer_status(node)
+                .is_some_and(|p| p.connected)
+        };
         match st.master {
-            Some((node, _)) if node != self.me && st.leader == Some(node) => {
+            Some((node, _)) if node != self.me && st.leader == Some(node) && reachable(node) => {
                 RwRoute::Forward { to: node }
             }
             _ => RwRoute::Unavailable {

@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quorumsql_node::serve::binlog_file::read_binlog_index;
@@ -37,35 +37,30 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// A datadir initialised once per test binary and copied for every server.
-fn template_datadir() -> PathBuf {
-    static TEMPLATE: OnceLock<tempfile::TempDir> = OnceLock::new();
-    TEMPLATE
-        .get_or_init(|| {
-            let dir = tempfile::Builder::new()
-                .prefix("qs-scale-tpl-")
-                .tempdir()
-                .unwrap();
-            let out = Command::new("mariadb-install-db")
-                .arg("--no-defaults")
-                .arg(format!("--datadir={}", dir.path().join("data").display()))
-                .args([
-                    "--user=root",
-                    "--auth-root-authentication-method=socket",
-                    "--skip-test-db",
-                ])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "mariadb-install-db failed: {}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            dir
-        })
-        .path()
-        .join("data")
+/// An initialised datadir (`TEMPLATE/data`) that every server of the test copies: one
+/// mariadb-install-db instead of one per server. Removed when dropped.
+fn install_template() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("qs-scale-tpl-")
+        .tempdir()
+        .unwrap();
+    let out = Command::new("mariadb-install-db")
+        .arg("--no-defaults")
+        .arg(format!("--datadir={}", dir.path().join("data").display()))
+        .args([
+            "--user=root",
+            "--auth-root-authentication-method=socket",
+            "--skip-test-db",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mariadb-install-db failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
 }
 
 /// One mariadbd in a temp dir (datadir, socket, its own tmpdir: instances that share a tmpdir
@@ -78,14 +73,14 @@ struct Mariadb {
 }
 
 impl Mariadb {
-    fn start(name: &'static str, server_id: u32, extra: &[&str]) -> Mariadb {
+    fn start(template: &Path, name: &'static str, server_id: u32, extra: &[&str]) -> Mariadb {
         let dir = tempfile::Builder::new()
             .prefix("qs-scale-")
             .tempdir()
             .unwrap();
         let st = Command::new("cp")
             .arg("-a")
-            .arg(template_datadir())
+            .arg(template.join("data"))
             .arg(dir.path().join("data"))
             .status()
             .unwrap();
@@ -546,7 +541,9 @@ fn replica_fed_by_serve_matches_the_primary_after_10k_mixed_transactions() {
     // A: durability relaxed (the binlog files are still complete on disk: the reader sees the
     // page cache) so that 10,000 commits take seconds; several binlog files, one of them holding
     // a transaction larger than max_binlog_size.
+    let template = install_template();
     let a = Mariadb::start(
+        template.path(),
         "A",
         1,
         &[
@@ -558,6 +555,7 @@ fn replica_fed_by_serve_matches_the_primary_after_10k_mixed_transactions() {
         ],
     );
     let c = Mariadb::start(
+        template.path(),
         "C",
         3,
         &[

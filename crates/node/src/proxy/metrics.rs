@@ -4,7 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Why a connection got an error or was closed by the proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     TooManyConnections,
     HandshakeTimeout,
@@ -125,7 +126,7 @@ impl ProxyMetrics {
 }
 
 /// A copy of one port's counters; `errors` lists only kinds that occurred.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct PortMetricsSnapshot {
     pub open: u64,
     pub total: u64,
@@ -144,7 +145,7 @@ impl PortMetricsSnapshot {
 }
 
 /// A copy of all counters.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct MetricsSnapshot {
     pub rw: PortMetricsSnapshot,
     pub ro: PortMetricsSnapshot,

@@ -610,12 +610,19 @@ impl Roles {
                 }
                 None => {}
             }
-            match self.query_one("SELECT @@gtid_binlog_pos").await {
-                Ok(pos) => {
+            // Bounded: a mariadbd slowed down by client load must not delay the checks above.
+            match tokio::time::timeout(
+                Duration::from_millis(300),
+                self.query_one("SELECT @@gtid_binlog_pos"),
+            )
+            .await
+            {
+                Ok(Ok(pos)) => {
                     let applied: Option<GtidState> = pos.as_deref().and_then(|p| p.parse().ok());
                     self.publish(|s| s.applied_gtid = applied);
                 }
-                Err(e) => warn!(%e, "cannot read @@gtid_binlog_pos"),
+                Ok(Err(e)) => warn!(%e, "cannot read @@gtid_binlog_pos"),
+                Err(_) => self.admin = None,
             }
             if Instant::now() >= next_report {
                 next_report = Instant::now() + Duration::from_secs(2);
@@ -623,7 +630,10 @@ impl Roles {
             }
             if Instant::now() >= next_audit {
                 next_audit = Instant::now() + Duration::from_secs(60);
-                match self.audit_privileges().await {
+                match tokio::time::timeout(Duration::from_millis(500), self.audit_privileges())
+                    .await
+                    .unwrap_or_else(|_| Err("audit query timed out".into()))
+                {
                     Ok(findings) => {
                         for f in &findings {
                             warn!(finding = %f, "privilege audit");
