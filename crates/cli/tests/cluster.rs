@@ -96,6 +96,27 @@ fn three_nodes_replicate_through_the_master() {
     assert!(proxy(master).rw.total >= 11, "{:?}", proxy(master));
     assert!(proxy(other).rw.total >= 1, "{:?}", proxy(other));
     assert!(proxy(master).peer_rw.total >= 1, "{:?}", proxy(master));
+    // `quorumsql status`, asked through one replica's admin port, reports the whole cluster in
+    // the JSON shape scripts rely on, and exits 0 for a healthy cluster.
+    let admin = c.node(other).config.me().admin.to_string();
+    let out = std::process::Command::new(support::bin())
+        .args(["status", "--admin", &admin, "--json"])
+        .output()
+        .expect("run quorumsql status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(json["master"], serde_json::json!(master), "{json}");
+    let nodes = json["nodes"].as_array().expect("nodes array");
+    assert_eq!(nodes.len(), 3, "{json}");
+    for n in nodes {
+        for key in ["id", "role", "last_gtid", "applied_gtid", "healthy"] {
+            assert!(n.get(key).is_some(), "node entry lacks {key}: {n}");
+        }
+    }
 }
 
 /// Writes single-row autocommit inserts through one node's RW port until told to stop, and

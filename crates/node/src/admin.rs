@@ -59,6 +59,14 @@ pub struct PeerStatus {
 /// Produces the current status on demand.
 pub type StatusFn = Arc<dyn Fn() -> NodeStatus + Send + Sync>;
 
+/// What the admin server needs: this node's status, and every member's admin address for
+/// `/cluster` (the whole cluster as this node can see it; `quorumsql status --admin` uses it).
+#[derive(Clone)]
+pub struct AdminState {
+    pub status: StatusFn,
+    pub members: Arc<Vec<(u64, SocketAddr)>>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("cannot listen on admin address {addr}: {source}")]
@@ -78,7 +86,7 @@ pub enum AdminError {
 /// Binds the admin port now (so a busy port fails the start) and returns the server future.
 pub async fn bind(
     addr: SocketAddr,
-    status: StatusFn,
+    state: AdminState,
     shutdown: CancellationToken,
 ) -> Result<impl std::future::Future<Output = Result<(), AdminError>>, AdminError> {
     let listener = TcpListener::bind(addr)
@@ -87,7 +95,8 @@ pub async fn bind(
     let app = Router::new()
         .route("/status", get(get_status))
         .route("/metrics", get(get_metrics))
-        .with_state(status);
+        .route("/cluster", get(get_cluster))
+        .with_state(state);
     Ok(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -96,12 +105,30 @@ pub async fn bind(
     })
 }
 
-async fn get_status(State(status): State<StatusFn>) -> Json<NodeStatus> {
-    Json(status())
+async fn get_status(State(state): State<AdminState>) -> Json<NodeStatus> {
+    Json((state.status)())
 }
 
-async fn get_metrics(State(status): State<StatusFn>) -> Response {
-    let s = status();
+async fn get_cluster(State(state): State<AdminState>) -> Json<crate::admin_client::ClusterStatus> {
+    let me = (state.status)();
+    // Ask the others over HTTP; answer for this node directly (no request to ourselves).
+    let others: Vec<(u64, SocketAddr)> = state
+        .members
+        .iter()
+        .filter(|(id, _)| *id != me.id)
+        .copied()
+        .collect();
+    let mut cluster =
+        crate::admin_client::ClusterStatus::gather(&others, std::time::Duration::from_secs(1))
+            .await;
+    let mut nodes = std::mem::take(&mut cluster.nodes);
+    nodes.push(me);
+    nodes.sort_by_key(|n| n.id);
+    Json(crate::admin_client::ClusterStatus::from_nodes(nodes))
+}
+
+async fn get_metrics(State(state): State<AdminState>) -> Response {
+    let s = (state.status)();
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, value: f64| {
         out.push_str(&format!(

@@ -127,7 +127,17 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
             s
         })
     };
-    let admin = crate::admin::bind(me.admin, status_fn.clone(), shutdown.clone()).await?;
+    let admin_state = crate::admin::AdminState {
+        status: status_fn,
+        members: Arc::new(
+            cfg.cluster
+                .members
+                .iter()
+                .map(|m| (m.id, m.admin))
+                .collect(),
+        ),
+    };
+    let admin = crate::admin::bind(me.admin, admin_state, shutdown.clone()).await?;
     let admin_task = tokio::spawn(admin);
 
     // serve: the local mariadbd's replication master, fed from the log.

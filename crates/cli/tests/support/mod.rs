@@ -32,7 +32,7 @@ pub struct Cluster {
     pub rt: tokio::runtime::Runtime,
 }
 
-fn bin() -> PathBuf {
+pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_quorumsql"))
 }
 
