@@ -25,28 +25,21 @@ pub struct StatusArgs {
 pub async fn run(args: StatusArgs) -> Result<(), String> {
     let timeout = Duration::from_secs(2);
     let cluster: ClusterStatus = match (&args.config, &args.admin) {
-        (Some(path), _) => {
-            let cfg = NodeConfig::load(path).map_err(|e| e.to_string())?;
-            let members: Vec<(u64, SocketAddr)> = cfg
-                .cluster
-                .members
-                .iter()
-                .map(|m| (m.id, m.admin))
-                .collect();
-            ClusterStatus::gather(&members, timeout).await
-        }
         (None, Some(addr)) => fetch_json(*addr, "/cluster", timeout)
             .await
             .map_err(|e| format!("cannot ask {addr}: {e}"))?,
-        (None, None) => {
-            let default = PathBuf::from("quorumsql-data/node1.toml");
-            if !default.is_file() {
+        (config, _) => {
+            // Without --config or --admin, the cluster `quorumsql up` runs in this directory.
+            let path = config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("quorumsql-data/node1.toml"));
+            if config.is_none() && !path.is_file() {
                 return Err(
                     "give --config FILE or --admin HOST:PORT (no ./quorumsql-data/node1.toml here)"
                         .into(),
                 );
             }
-            let cfg = NodeConfig::load(&default).map_err(|e| e.to_string())?;
+            let cfg = NodeConfig::load(&path).map_err(|e| e.to_string())?;
             let members: Vec<(u64, SocketAddr)> = cfg
                 .cluster
                 .members

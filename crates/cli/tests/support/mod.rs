@@ -261,28 +261,31 @@ pub fn kill_mariadbd_under(dir: &Path) {
 /// Runs SQL through a MySQL port with the `mariadb` client; `Err` carries the client's stderr
 /// (which starts with `ERROR <code>`).
 pub fn sql_tcp(port: u16, sql: &str) -> Result<String, String> {
-    let out = Command::new("mariadb")
-        .args(["-h127.0.0.1", "--protocol=tcp", "-N", "-B"])
-        .arg(format!("-P{port}"))
-        .arg(format!("-u{USER}"))
-        .arg(format!("-p{PASSWORD}"))
-        .arg("--connect-timeout=5")
-        .arg("-e")
-        .arg(sql)
-        .output()
-        .map_err(|e| format!("cannot run mariadb: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
+    mariadb_cli(
+        &[
+            "-h127.0.0.1".into(),
+            "--protocol=tcp".into(),
+            format!("-P{port}"),
+            format!("-u{USER}"),
+            format!("-p{PASSWORD}"),
+            "--connect-timeout=5".into(),
+        ],
+        sql,
+    )
 }
 
 /// Runs SQL as root on a node's own mariadbd socket (bypassing QuorumSQL).
 pub fn sql_socket(socket: &Path, sql: &str) -> Result<String, String> {
+    mariadb_cli(
+        &["-uroot".into(), format!("--socket={}", socket.display())],
+        sql,
+    )
+}
+
+fn mariadb_cli(args: &[String], sql: &str) -> Result<String, String> {
     let out = Command::new("mariadb")
-        .args(["-uroot", "-N", "-B"])
-        .arg(format!("--socket={}", socket.display()))
+        .args(["-N", "-B"])
+        .args(args)
         .arg("-e")
         .arg(sql)
         .output()
