@@ -30,6 +30,9 @@ pub struct NodeStatus {
     pub applied_index: u64,
     /// Last GTID accepted into the global binlog, as this node knows it.
     pub last_gtid: Option<String>,
+    /// The newest transaction this node's log no longer holds (compacted away), if any.
+    #[serde(default)]
+    pub log_compacted_through: Option<String>,
     /// `@@gtid_binlog_pos` of this node's mariadbd, when it answers.
     pub applied_gtid: Option<String>,
     /// Milliseconds of lease left (master only).

@@ -231,6 +231,7 @@ fn node_status(id: u64, log: &LogHandle, role: &RoleSnapshot) -> NodeStatus {
         commit_index: st.commit_index,
         applied_index: st.applied_index,
         last_gtid: st.last_gtid.map(|g| g.to_string()),
+        log_compacted_through: st.compacted_through.map(|g| g.to_string()),
         applied_gtid: role.applied_gtid.as_ref().map(|g| g.to_string()),
         lease_remaining_ms: st.lease_remaining.map(|d| d.as_millis() as u64),
         healthy: problems.is_empty() && role.healthy(),

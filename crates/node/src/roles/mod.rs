@@ -356,6 +356,9 @@ impl Roles {
                 self.publish(|s| s.problems = p);
                 let held = self.low_priority_until.is_some_and(|t| Instant::now() < t);
                 self.set_priority(if problems.is_empty() && !held { 1 } else { 0 });
+                if problems.is_empty() {
+                    self.advance_verified().await;
+                }
                 self.report_member(problems.is_empty(), false);
             }
         }
@@ -626,6 +629,7 @@ impl Roles {
             }
             if Instant::now() >= next_report {
                 next_report = Instant::now() + Duration::from_secs(2);
+                self.advance_verified().await;
                 self.report_member(true, false);
             }
             if Instant::now() >= next_audit {
@@ -749,16 +753,41 @@ impl Roles {
         }
     }
 
-    /// Tells the cluster what this node's mariadbd has applied: the log is compacted only below
-    /// what every healthy member applied (DESIGN §3 "Log retention").
+    /// Tells the cluster what this node's mariadbd holds *and has been verified to be part of
+    /// the log*: the log is compacted only below what every healthy member reports (DESIGN §3
+    /// "Log retention"), so a restart never finds unverified local transactions below the
+    /// compaction point (which the rejoin check would have to call a divergence).
     fn report_member(&self, healthy: bool, diverged: bool) {
-        let applied = self
+        self.log.report_member(self.verified, healthy, diverged);
+    }
+
+    /// Moves the verified point up to the GTID mariadbd has applied, when the log holds exactly
+    /// that transaction (same domain, server and seq). Sound because a replica applies only what
+    /// serve sent from the log, and a master only commits what the log accepted; a transaction
+    /// written behind QuorumSQL's back shows up as a GTID the log does not hold at that seq.
+    async fn advance_verified(&mut self) {
+        let Some(applied) = self
             .state
             .borrow()
             .applied_gtid
             .as_ref()
-            .and_then(|g| g.get(0));
-        self.log.report_member(applied, healthy, diverged);
+            .and_then(|g| g.get(0))
+        else {
+            return;
+        };
+        if self.verified.is_some_and(|v| v.seq >= applied.seq) {
+            return;
+        }
+        if let Ok(quorumsql_log::runtime::SeqLookup::Txn { gtid, .. }) =
+            self.log.lookup_seq(applied.domain, applied.seq).await
+        {
+            if gtid == applied {
+                self.verified = Some(applied);
+                if let Err(e) = std::fs::write(verified_path(&self.cfg), applied.to_string()) {
+                    warn!(%e, "cannot record the verified GTID");
+                }
+            }
+        }
     }
 
     fn set_priority(&mut self, p: i64) {
