@@ -8,6 +8,7 @@ use quorumsql_node::admin::NodeStatus;
 use quorumsql_node::admin_client::{fetch_json, ClusterStatus};
 use quorumsql_node::config::NodeConfig;
 
+/// Exit status: 0 when the cluster is ok, 2 when it is not, 1 when it cannot be asked.
 #[derive(clap::Args)]
 pub struct StatusArgs {
     /// A node config file: every member's admin port is asked.
@@ -17,7 +18,6 @@ pub struct StatusArgs {
     #[arg(long)]
     admin: Option<SocketAddr>,
     /// Print JSON (`master`, `nodes[]` with `id`, `role`, `last_gtid`, `applied_gtid`, `healthy`).
-    /// The exit status is 0 when the cluster is ok and 2 otherwise.
     #[arg(long)]
     json: bool,
 }

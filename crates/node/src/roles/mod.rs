@@ -109,6 +109,8 @@ enum FenceReason {
     CaptureStopped(String),
     CanaryStalled(String),
     PromotionFailed(String),
+    /// mariadbd could not be started or configured as a replica; try again from scratch.
+    StartFailed(String),
     MariadbExited,
 }
 
@@ -120,6 +122,7 @@ impl std::fmt::Display for FenceReason {
             FenceReason::CaptureStopped(e) => write!(f, "capture stopped: {e}"),
             FenceReason::CanaryStalled(e) => write!(f, "canary commit failed: {e}"),
             FenceReason::PromotionFailed(e) => write!(f, "promotion failed: {e}"),
+            FenceReason::StartFailed(e) => write!(f, "start as a replica failed: {e}"),
             FenceReason::MariadbExited => write!(f, "mariadbd exited"),
         }
     }
@@ -214,7 +217,7 @@ impl Roles {
                         self.diverged(why).await;
                         None
                     }
-                    Err(StartError::Retry(why)) => Some(FenceReason::PromotionFailed(why)),
+                    Err(StartError::Retry(why)) => Some(FenceReason::StartFailed(why)),
                     Ok(()) => match self.replica_phase().await {
                         ReplicaExit::Diverged(why) => {
                             self.diverged(why).await;
