@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod log_adapters;
 pub mod mariadb;
+pub mod planted;
 pub mod proxy;
 pub mod proxy_glue;
 pub mod roles;

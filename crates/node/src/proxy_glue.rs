@@ -86,6 +86,11 @@ impl RouteOracle for NodeOracle {
     }
 
     fn may_forward(&self, epoch: MasterEpoch) -> bool {
+        if crate::planted::active(crate::planted::Bug::SkipLease) {
+            // Planted bug (test builds only): a connection opened under a master keeps
+            // forwarding with no lease and no epoch check.
+            return epoch.0 != 0;
+        }
         epoch.0 != 0
             && self.forwarding_epoch.load(Ordering::Acquire) == epoch.0
             && self.log.holds_lease()
@@ -194,7 +199,8 @@ pub async fn start(
                 oracle.forwarding_epoch.store(epoch, Ordering::Release);
                 let master = status.borrow().master;
                 let role = roles.borrow().role;
-                if epoch != last_epoch || master != last_master {
+                let planted = crate::planted::active(crate::planted::Bug::SkipLease);
+                if (epoch != last_epoch || master != last_master) && !planted {
                     oracle.generation.send_modify(|g| *g += 1);
                 }
                 if role == Role::Promoting && last_role != Role::Promoting {

@@ -1,8 +1,21 @@
-//! The chaos harness: runs a real QuorumSQL (or Galera) cluster, drives client workloads through
-//! its ports while a seeded nemesis breaks it, and checks the recorded histories.
+//! The chaos harness: runs a real QuorumSQL cluster (each node in its own network namespace),
+//! drives client workloads through its ports while a seeded nemesis breaks it, and checks the
+//! recorded histories with `quorumsql-chaos-check`.
 //!
 //! ```text
+//! net        network namespaces + bridge, partitions as blackhole routes; or loopback
+//! nodes      configs and `quorumsql node` processes; kill / pause / restart levers
+//! nemesis    the seeded fault schedule and how each fault is applied and healed
 //! workload   clients: register, bank, set, list-append; records every operation
+//! runner     one run end to end: start, load, break, heal, quiet, final reads, check, report
 //! ```
 
+pub mod nemesis;
+pub mod net;
+pub mod nodes;
+pub mod runner;
 pub mod workload;
+
+/// The client account every node creates at first start (`[mariadb] bootstrap_user`).
+pub const USER: &str = "chaos";
+pub const PASSWORD: &str = "chaos-pw";

@@ -275,6 +275,17 @@ pub(crate) async fn run_appender(
         let first_gtid = parts.first().map(|p| p.gtid);
         let last_gtid = parts.last().map(|p| p.gtid);
         shared.metrics.appends.fetch_add(1, Ordering::Relaxed);
+        if crate::planted::active(crate::planted::Bug::EarlyAck) {
+            // Planted bug (test builds only): the client hears "committed" before the log
+            // has the transaction.
+            if let Some(q) = batch.iter().rev().find(|q| q.part.last) {
+                let pos = AckedPos {
+                    gtid: q.part.gtid,
+                    pos: q.part.origin.clone(),
+                };
+                acker.ack(pos, q.received).await;
+            }
+        }
         let outcome = sink.append(epoch, prev_gtid, parts).await;
         match outcome {
             Ok(AppendOutcome::Accepted) => {}

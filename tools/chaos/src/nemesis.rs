@@ -1,0 +1,433 @@
+//! The nemesis: a seeded schedule of faults, applied to the real cluster one at a time, each
+//! healed before the next quiet gap.
+//!
+//! The schedule fixes *what* happens *when*; *which* node (the master, a follower) is resolved
+//! when the fault starts, since roles move during a run. Every applied fault is recorded with
+//! the nodes it hit, for the picture and for reproducing a run (`--seed`).
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quorumsql_chaos_check::{FaultSpan, NodeIndex};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::nodes::QuorumCluster;
+
+/// What a nemesis can do. `--nemesis` takes these names (or `all`, `none`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Nemesis {
+    /// kill -9 of a node's mariadbd or of its quorumsql (the master preferred); restarted later.
+    Kill,
+    /// SIGSTOP of a node's quorumsql for longer than the lease (the master preferred).
+    Pause,
+    /// Network partitions: isolate the master, minority/majority split, one-way, bridge (5 nodes).
+    Partition,
+    /// kill -9 of every node at once, then all restart.
+    RestartAll,
+    /// Kill the master, and right after the new leader appears, restart a follower.
+    FollowerRestart,
+    /// Clients sending `KILL QUERY n` for connection ids near their own, through the RW ports.
+    KillQuery,
+    /// Planned `quorumsql switchover` while the workloads run.
+    Switchover,
+    /// `pause`, always of the master (for targeted runs such as the planted-bug tests).
+    PauseMaster,
+    /// `partition`, always isolating the master from every peer (clients still reach it).
+    IsolateMaster,
+}
+
+pub const ALL: &[Nemesis] = &[
+    Nemesis::Kill,
+    Nemesis::Pause,
+    Nemesis::Partition,
+    Nemesis::RestartAll,
+    Nemesis::FollowerRestart,
+    Nemesis::KillQuery,
+    Nemesis::Switchover,
+];
+
+impl FromStr for Nemesis {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "kill" => Nemesis::Kill,
+            "pause" => Nemesis::Pause,
+            "partition" => Nemesis::Partition,
+            "restart-all" => Nemesis::RestartAll,
+            "follower-restart" => Nemesis::FollowerRestart,
+            "kill-query" => Nemesis::KillQuery,
+            "switchover" => Nemesis::Switchover,
+            "pause-master" => Nemesis::PauseMaster,
+            "isolate-master" => Nemesis::IsolateMaster,
+            other => {
+                return Err(format!(
+                    "unknown nemesis {other:?}; known: kill, pause, partition, restart-all, \
+                     follower-restart, kill-query, switchover, pause-master, isolate-master, all, none"
+                ))
+            }
+        })
+    }
+}
+
+/// Parses `--nemesis kill,pause` (also `all` and `none`).
+pub fn parse_list(s: &str) -> Result<Vec<Nemesis>, String> {
+    match s.trim() {
+        "all" => Ok(ALL.to_vec()),
+        "none" | "" => Ok(Vec::new()),
+        list => list.split(',').map(|p| p.trim().parse()).collect(),
+    }
+}
+
+/// One planned fault.
+#[derive(Debug, Clone, Serialize)]
+pub struct Planned {
+    pub nemesis: Nemesis,
+    /// Offset from the start of the fault phase.
+    pub at: Duration,
+    pub duration: Duration,
+    /// A seeded choice the fault uses at run time (which variant, which follower, ...).
+    pub choice: u64,
+}
+
+/// The schedule: quiet gaps of 2–6 s between faults of 3–8 s, nemeses in seeded order.
+pub fn schedule(seed: u64, nemeses: &[Nemesis], phase: Duration) -> Vec<Planned> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x006e_656d_6573_6973);
+    let mut out = Vec::new();
+    if nemeses.is_empty() {
+        return out;
+    }
+    let mut t = Duration::from_secs(rng.gen_range(2..=5));
+    loop {
+        let nemesis = nemeses[rng.gen_range(0..nemeses.len())];
+        let duration = Duration::from_millis(rng.gen_range(3_000..=8_000));
+        if t + duration > phase {
+            break;
+        }
+        out.push(Planned {
+            nemesis,
+            at: t,
+            duration,
+            choice: rng.gen(),
+        });
+        t += duration + Duration::from_millis(rng.gen_range(2_000..=6_000));
+    }
+    out
+}
+
+/// One fault as it was applied.
+#[derive(Debug, Clone, Serialize)]
+pub struct Applied {
+    pub planned: Planned,
+    pub description: String,
+    pub span: FaultSpan,
+}
+
+/// Runs the schedule against the cluster. Every fault is healed before the next one starts,
+/// and everything is healed when `stop` fires or the schedule ends.
+pub async fn run(
+    cluster: Arc<QuorumCluster>,
+    plan: Vec<Planned>,
+    run_start: Instant,
+    phase_start: Instant,
+    binary: std::path::PathBuf,
+    stop: CancellationToken,
+) -> Vec<Applied> {
+    let mut applied = Vec::new();
+    for p in plan {
+        let at = phase_start + p.at;
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep_until(at.into()) => {}
+        }
+        let start_ns = ns_since(run_start);
+        let mut rng = StdRng::seed_from_u64(p.choice);
+        let (description, nodes) = apply(&cluster, &p, &mut rng, &binary, &stop).await;
+        if let Err(e) = cluster.heal() {
+            tracing::error!("healing after {:?}: {e}", p.nemesis);
+        }
+        let end_ns = ns_since(run_start);
+        tracing::info!("nemesis: {description}");
+        applied.push(Applied {
+            span: FaultSpan {
+                label: serde_json::to_value(p.nemesis)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                nodes,
+                start_ns,
+                end_ns,
+            },
+            planned: p,
+            description,
+        });
+    }
+    if let Err(e) = cluster.heal() {
+        tracing::error!("final heal: {e}");
+    }
+    applied
+}
+
+fn ns_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Waits `d` or until `stop`.
+async fn hold(d: Duration, stop: &CancellationToken) {
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}
+
+/// The master if there is one (70 % of the time when `prefer_master`), else a random node.
+async fn pick(cluster: &QuorumCluster, rng: &mut StdRng, prefer_master: bool) -> NodeIndex {
+    let nodes = cluster.nodes();
+    if prefer_master && rng.gen_bool(0.7) {
+        if let Some(m) = cluster.master().await {
+            return m;
+        }
+    }
+    *nodes.choose(rng).unwrap_or(&1)
+}
+
+async fn apply(
+    cluster: &Arc<QuorumCluster>,
+    p: &Planned,
+    rng: &mut StdRng,
+    binary: &std::path::Path,
+    stop: &CancellationToken,
+) -> (String, Vec<NodeIndex>) {
+    let all = cluster.nodes();
+    match p.nemesis {
+        Nemesis::Kill => {
+            let n = pick(cluster, rng, true).await;
+            let what = if rng.gen_bool(0.5) {
+                match cluster.kill_mariadbd(n).await {
+                    Some(pid) => format!("kill -9 mariadbd of node{n} (pid {pid})"),
+                    None => {
+                        cluster.kill_quorumsql(n);
+                        format!("kill -9 quorumsql of node{n} (its mariadbd pid was unknown)")
+                    }
+                }
+            } else {
+                cluster.kill_quorumsql(n);
+                format!("kill -9 quorumsql of node{n}")
+            };
+            hold(p.duration, stop).await;
+            (format!("{what}; restarted after {:?}", p.duration), vec![n])
+        }
+        Nemesis::Pause | Nemesis::PauseMaster => {
+            let n = if p.nemesis == Nemesis::PauseMaster {
+                match cluster.master().await {
+                    Some(m) => m,
+                    None => pick(cluster, rng, true).await,
+                }
+            } else {
+                pick(cluster, rng, true).await
+            };
+            cluster.pause(n);
+            hold(p.duration, stop).await;
+            cluster.resume(n);
+            (
+                format!("SIGSTOP quorumsql of node{n} for {:?}", p.duration),
+                vec![n],
+            )
+        }
+        Nemesis::Partition | Nemesis::IsolateMaster => {
+            if !cluster.net().supports_partitions() {
+                hold(p.duration, stop).await;
+                return ("partition skipped (loopback network)".into(), Vec::new());
+            }
+            let master = cluster.master().await.unwrap_or(1);
+            let others: Vec<NodeIndex> = all.iter().copied().filter(|&n| n != master).collect();
+            let variant = if p.nemesis == Nemesis::IsolateMaster {
+                0
+            } else {
+                rng.gen_range(0..4)
+            };
+            let (desc, hit) = match variant {
+                0 => {
+                    for &o in &others {
+                        cut_both(cluster, master, o);
+                    }
+                    (format!("isolate master node{master}"), vec![master])
+                }
+                1 => {
+                    let mut shuffled = all.clone();
+                    shuffled.shuffle(rng);
+                    let minority: Vec<NodeIndex> = shuffled[..(all.len() - 1) / 2].to_vec();
+                    for &a in &minority {
+                        for &b in all.iter().filter(|b| !minority.contains(b)) {
+                            cut_both(cluster, a, b);
+                        }
+                    }
+                    (
+                        format!("split minority {minority:?} from the rest"),
+                        minority,
+                    )
+                }
+                2 => {
+                    // The master can still hear its followers but nothing it sends arrives.
+                    for &o in &others {
+                        let _ = cluster.net().cut(master, o);
+                    }
+                    (
+                        format!("one-way: master node{master} cannot send"),
+                        vec![master],
+                    )
+                }
+                _ if all.len() >= 5 => {
+                    // Bridge: two halves that both reach one node in the middle.
+                    let mut shuffled = all.clone();
+                    shuffled.shuffle(rng);
+                    let bridge = shuffled[0];
+                    let (a, b) = shuffled[1..].split_at((all.len() - 1) / 2);
+                    for &x in a {
+                        for &y in b {
+                            cut_both(cluster, x, y);
+                        }
+                    }
+                    (
+                        format!("bridge node{bridge} between {a:?} and {b:?}"),
+                        vec![bridge],
+                    )
+                }
+                _ => {
+                    // 3 nodes: cut one follower from the master only (a partial partition).
+                    let f = others[rng.gen_range(0..others.len())];
+                    cut_both(cluster, master, f);
+                    (
+                        format!("cut master node{master} from follower node{f}"),
+                        vec![master, f],
+                    )
+                }
+            };
+            hold(p.duration, stop).await;
+            (format!("{desc} for {:?}", p.duration), hit)
+        }
+        Nemesis::RestartAll => {
+            for &n in &all {
+                cluster.kill_quorumsql(n);
+            }
+            hold(Duration::from_secs(1), stop).await;
+            if let Err(e) = cluster.start_all() {
+                tracing::error!("restart all: {e}");
+            }
+            hold(p.duration, stop).await;
+            ("kill -9 every node at once, restart all".into(), all)
+        }
+        Nemesis::FollowerRestart => {
+            let old = cluster.master().await;
+            let Some(old) = old else {
+                hold(p.duration, stop).await;
+                return ("follower-restart skipped (no master)".into(), Vec::new());
+            };
+            cluster.kill_quorumsql(old);
+            // Wait (bounded) for a new leader, then restart a follower right away.
+            let deadline = Instant::now() + Duration::from_secs(6);
+            let mut new = None;
+            while Instant::now() < deadline && !stop.is_cancelled() {
+                if let Some(st) = cluster
+                    .status(*all.iter().find(|&&n| n != old).unwrap_or(&1))
+                    .await
+                {
+                    if let Some(l) = st.raft_leader.filter(|&l| l != u64::from(old)) {
+                        new = Some(l);
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let follower = all
+                .iter()
+                .copied()
+                .find(|&n| n != old && Some(u64::from(n)) != new);
+            if let Some(f) = follower {
+                cluster.kill_quorumsql(f);
+                if let Err(e) = cluster.start(f) {
+                    tracing::error!("restart follower: {e}");
+                }
+            }
+            hold(p.duration, stop).await;
+            (
+                format!(
+                    "kill -9 master node{old}; new leader {new:?}; restart follower {follower:?}"
+                ),
+                [Some(old), follower].into_iter().flatten().collect(),
+            )
+        }
+        Nemesis::KillQuery => {
+            let targets = cluster.targets();
+            let deadline = Instant::now() + p.duration;
+            let mut sent = 0u64;
+            while Instant::now() < deadline && !stop.is_cancelled() {
+                let t = targets[rng.gen_range(0..targets.len())];
+                let victim_offset: i64 = rng.gen_range(-20..=20);
+                sent += kill_query_once(&t.rw, victim_offset).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (format!("KILL QUERY storm: {sent} statements"), Vec::new())
+        }
+        Nemesis::Switchover => {
+            let master = cluster.master().await;
+            let out = match master.and_then(|m| {
+                cluster
+                    .admin_addrs()
+                    .into_iter()
+                    .find(|(i, _)| *i == u64::from(m))
+            }) {
+                Some((_, admin)) => {
+                    let out = tokio::process::Command::new(binary)
+                        .arg("switchover")
+                        .arg("--admin")
+                        .arg(admin.to_string())
+                        .output()
+                        .await;
+                    match out {
+                        Ok(o) => format!(
+                            "switchover from node{}: {} {}",
+                            master.unwrap_or(0),
+                            String::from_utf8_lossy(&o.stdout).trim(),
+                            String::from_utf8_lossy(&o.stderr).trim()
+                        ),
+                        Err(e) => format!("switchover could not run: {e}"),
+                    }
+                }
+                None => "switchover skipped (no master)".into(),
+            };
+            hold(p.duration, stop).await;
+            (out, master.into_iter().collect())
+        }
+    }
+}
+
+fn cut_both(cluster: &QuorumCluster, a: NodeIndex, b: NodeIndex) {
+    for (x, y) in [(a, b), (b, a)] {
+        if let Err(e) = cluster.net().cut(x, y) {
+            tracing::error!("partition {x}->{y}: {e}");
+        }
+    }
+}
+
+/// One connection that asks for its own id and kills the query of a nearby one. Returns how
+/// many KILL statements it sent.
+async fn kill_query_once(addr: &std::net::SocketAddr, offset: i64) -> u64 {
+    use quorumsql_node::sql::{ConnectOptions, SqlConn};
+    let mut opts = ConnectOptions::new(crate::USER, crate::PASSWORD);
+    opts.connect_timeout = Duration::from_secs(2);
+    opts.query_timeout = Duration::from_secs(2);
+    let Ok(mut conn) = SqlConn::connect_tcp_with(*addr, &opts).await else {
+        return 0;
+    };
+    let me = i64::from(conn.connection_id());
+    let victim = (me + offset).max(1);
+    let _ = conn.exec(&format!("KILL QUERY {victim}")).await;
+    conn.quit().await;
+    1
+}

@@ -1,0 +1,382 @@
+//! One chaos run end to end: start the cluster, load it, break it on schedule, heal, let it go
+//! quiet, read everything back, check the history and every node's data, write the outputs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quorumsql_chaos_check::{check, render_svg, FaultSpan, Initial, Op, Outcome};
+use quorumsql_node::sql::SqlConn;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::nemesis::{self, Applied, Nemesis};
+use crate::net::{Netns, Network};
+use crate::nodes::{describe, QuorumCluster};
+use crate::workload::{self, Recorder, WorkloadConfig, WorkloadKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum NetMode {
+    Netns,
+    Loopback,
+}
+
+/// Everything a run needs to know; `main` fills it from the command line.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub nodes: u8,
+    /// How long faults are injected (the quiet period and the checks come on top).
+    pub duration: Duration,
+    pub quiet: Duration,
+    /// How long the healed cluster may take to be whole again, and replicas to converge.
+    pub recovery_timeout: Duration,
+    pub nemeses: Vec<Nemesis>,
+    pub workloads: Vec<WorkloadKind>,
+    pub clients: usize,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub binary: PathBuf,
+    pub net: NetMode,
+    /// A planted bug for the node processes (only a binary built with the `planted-bugs`
+    /// feature acts on it); the harness must then find anomalies.
+    pub planted_bug: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    #[error(transparent)]
+    Nodes(#[from] crate::nodes::NodesError),
+    #[error(transparent)]
+    Workload(#[from] workload::WorkloadError),
+    #[error("cannot write {path}: {source}")]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("quorumsql binary {0} not found; build it with `cargo build --release -p quorumsql-cli` or pass --binary")]
+    NoBinary(PathBuf),
+}
+
+/// What a run found, as written to `report.json` and summarised in the last line.
+#[derive(Debug, Serialize)]
+pub struct RunSummary {
+    pub target: String,
+    pub seed: u64,
+    pub nodes: u8,
+    pub ops: usize,
+    pub ok: usize,
+    pub fail: usize,
+    pub unknown: usize,
+    pub anomalies: usize,
+    pub lost: u64,
+    pub faults: Vec<Applied>,
+    pub problems: Vec<Problem>,
+    pub checks: quorumsql_chaos_check::CheckReport,
+    pub out: PathBuf,
+}
+
+impl RunSummary {
+    pub fn last_line(&self) -> String {
+        format!(
+            "chaos: target={} ops={} ok={} fail={} unknown={} anomalies={} lost={} seed={}",
+            self.target,
+            self.ops,
+            self.ok,
+            self.fail,
+            self.unknown,
+            self.anomalies,
+            self.lost,
+            self.seed
+        )
+    }
+
+    pub fn clean(&self) -> bool {
+        self.anomalies == 0 && self.lost == 0
+    }
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
+    std::fs::write(path, bytes).map_err(|source| RunError::Output {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Something the harness itself saw go wrong (beyond what the history checkers judge): a
+/// cluster that did not recover, replicas that differ, a workload that could not run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub kind: String,
+    pub message: String,
+}
+
+fn anomaly(kind: &str, message: String) -> Problem {
+    Problem {
+        kind: kind.into(),
+        message,
+    }
+}
+
+pub async fn run(cfg: RunConfig) -> Result<RunSummary, RunError> {
+    if !cfg.binary.is_file() {
+        return Err(RunError::NoBinary(cfg.binary.clone()));
+    }
+    std::fs::create_dir_all(&cfg.out).map_err(|source| RunError::Output {
+        path: cfg.out.clone(),
+        source,
+    })?;
+    let node_ids: Vec<u8> = (1..=cfg.nodes).collect();
+    let net = match cfg.net {
+        NetMode::Netns => Network::Netns(Netns::create(&node_ids)?),
+        NetMode::Loopback => Network::Loopback,
+    };
+    let env = cfg
+        .planted_bug
+        .iter()
+        .map(|b| ("QUORUMSQL_PLANTED_BUG".to_string(), b.clone()))
+        .collect();
+    let cluster = Arc::new(QuorumCluster::configure(
+        &cfg.binary,
+        &cfg.out.join("nodes"),
+        net,
+        cfg.nodes,
+        crate::USER,
+        crate::PASSWORD,
+        env,
+    )?);
+    cluster.start_all()?;
+    let st = cluster
+        .wait_ready(usize::from(cfg.nodes), Duration::from_secs(180))
+        .await?;
+    tracing::info!("cluster up: {}", st.verdict);
+
+    let wcfg = WorkloadConfig {
+        user: crate::USER.into(),
+        password: crate::PASSWORD.into(),
+        database: "chaos".into(),
+        clients: cfg.clients,
+        op_timeout: Duration::from_secs(5),
+        register_keys: 8,
+        bank_accounts: 5,
+        bank_initial_balance: 100,
+        list_keys: 8,
+        ro_fraction: 0.2,
+        seed: cfg.seed,
+    };
+    let targets = cluster.targets();
+    let initial = workload::setup(&cfg.workloads, &wcfg, &targets).await?;
+    // RO-port reads may be stale, but not older than the initial state the checkers assume:
+    // start the clients once every replica has the setup.
+    if let Err(e) = wait_caught_up(&cluster, Duration::from_secs(60)).await {
+        tracing::warn!("starting the workloads before every replica has the setup: {e}");
+    }
+
+    let run_start = Instant::now();
+    let recorder = Recorder::new(run_start);
+    let stop_load = CancellationToken::new();
+    let mut clients = Vec::new();
+    for &kind in &cfg.workloads {
+        clients.push(tokio::spawn(workload::run(
+            kind,
+            wcfg.clone(),
+            targets.clone(),
+            stop_load.clone(),
+            recorder.clone(),
+        )));
+    }
+
+    // Faults, then everything healed, then a quiet period under load.
+    let plan = nemesis::schedule(cfg.seed, &cfg.nemeses, cfg.duration);
+    write(
+        &cfg.out.join("schedule.json"),
+        &serde_json::to_vec_pretty(&plan).unwrap_or_default(),
+    )?;
+    let stop_nemesis = CancellationToken::new();
+    let phase_start = Instant::now();
+    let nemesis_task = tokio::spawn(nemesis::run(
+        cluster.clone(),
+        plan,
+        run_start,
+        phase_start,
+        cfg.binary.clone(),
+        stop_nemesis.clone(),
+    ));
+    tokio::time::sleep_until((phase_start + cfg.duration).into()).await;
+    stop_nemesis.cancel();
+    let applied = nemesis_task.await.unwrap_or_default();
+    if let Err(e) = cluster.heal() {
+        tracing::error!("heal: {e}");
+    }
+    tokio::time::sleep(cfg.quiet).await;
+    stop_load.cancel();
+    let mut problems = Vec::new();
+    for c in clients {
+        match c.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => problems.push(anomaly("workload-failed", e.to_string())),
+            Err(e) => problems.push(anomaly("workload-panicked", e.to_string())),
+        }
+    }
+
+    // After healing, a majority (here: every node) must be back and serving.
+    match cluster
+        .wait_ready(usize::from(cfg.nodes), cfg.recovery_timeout)
+        .await
+    {
+        Ok(_) => {}
+        Err(e) => problems.push(anomaly("no-recovery", e.to_string())),
+    }
+    if let Err(e) = workload::final_reads(
+        &cfg.workloads,
+        &wcfg,
+        &targets,
+        &recorder,
+        Instant::now() + Duration::from_secs(60),
+    )
+    .await
+    {
+        problems.push(anomaly("final-read-failed", e.to_string()));
+    }
+    problems.extend(convergence(&cluster, cfg.recovery_timeout).await);
+
+    let history = recorder.snapshot();
+    finish(&cfg, &initial, history, applied, problems)
+}
+
+/// Every node's mariadbd holds the same data once replication caught up (DESIGN §6 inv. 3).
+async fn convergence(cluster: &QuorumCluster, within: Duration) -> Vec<Problem> {
+    if let Err(e) = wait_caught_up(cluster, within).await {
+        return vec![anomaly("not-converged", e)];
+    }
+    let mut sums: Vec<(u8, Result<Vec<String>, String>)> = Vec::new();
+    for i in cluster.nodes() {
+        let Some(sock) = cluster.mariadb_socket(i) else {
+            continue;
+        };
+        sums.push((i, checksums(&sock).await));
+    }
+    let mut out = Vec::new();
+    let reference = sums
+        .iter()
+        .find_map(|(i, s)| s.as_ref().ok().map(|s| (*i, s)));
+    for (i, s) in &sums {
+        match (s, reference) {
+            (Err(e), _) => out.push(anomaly(
+                "checksum-failed",
+                format!("node{i}: cannot checksum: {e}"),
+            )),
+            (Ok(s), Some((r, rs))) if s != rs => out.push(anomaly(
+                "divergence",
+                format!("node{i} differs from node{r}: {s:?} vs {rs:?}"),
+            )),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Waits until every node is healthy and its mariadbd applied the log's last transaction.
+async fn wait_caught_up(cluster: &QuorumCluster, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let st = cluster.cluster_status().await;
+        let last = st.nodes.iter().filter_map(|n| n.last_gtid.clone()).max();
+        let caught_up = st
+            .nodes
+            .iter()
+            .all(|n| n.healthy && last.is_some() && n.applied_gtid.as_deref() == last.as_deref());
+        if caught_up {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "replicas did not catch up within {within:?}: {}",
+                describe(&st)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn checksums(sock: &Path) -> Result<Vec<String>, String> {
+    let mut conn = SqlConn::connect_unix(sock, "root", "")
+        .await
+        .map_err(|e| e.to_string())?;
+    let tables = conn
+        .query("SELECT table_name FROM information_schema.tables WHERE table_schema = 'chaos' ORDER BY table_name")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for t in tables {
+        let name = t.get_idx(0).unwrap_or_default().to_string();
+        let rows = conn
+            .query(&format!("CHECKSUM TABLE chaos.`{name}`"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let sum = rows
+            .first()
+            .and_then(|r| r.get_idx(1))
+            .unwrap_or("NULL")
+            .to_string();
+        out.push(format!("{name}={sum}"));
+    }
+    Ok(out)
+}
+
+fn finish(
+    cfg: &RunConfig,
+    initial: &Initial,
+    mut history: Vec<Op>,
+    applied: Vec<Applied>,
+    problems: Vec<Problem>,
+) -> Result<RunSummary, RunError> {
+    history.sort_by_key(|o| (o.end_ns, o.id));
+    let report = check(&history, initial);
+    let mut hist = Vec::new();
+    for op in &history {
+        // Writing to a Vec cannot fail but for encoding errors, which the types rule out.
+        let _ = quorumsql_chaos_check::history::write_op(&mut hist, op);
+    }
+    write(&cfg.out.join("history.jsonl"), &hist)?;
+    let spans: Vec<FaultSpan> = applied.iter().map(|a| a.span.clone()).collect();
+    let title = format!(
+        "quorumsql chaos: {} nodes, seed {}, nemeses {:?}",
+        cfg.nodes, cfg.seed, cfg.nemeses
+    );
+    write(
+        &cfg.out.join("run.svg"),
+        render_svg(&history, &spans, &report, &title).as_bytes(),
+    )?;
+    let count = |o: Outcome| history.iter().filter(|op| op.outcome == o).count();
+    let mut problems = problems;
+    if count(Outcome::Ok) == 0 {
+        // A run in which nothing succeeded proves nothing; it must not look clean.
+        problems.push(anomaly(
+            "no-progress",
+            format!("no operation succeeded among {} recorded", history.len()),
+        ));
+    }
+    let summary = RunSummary {
+        target: "quorumsql".into(),
+        seed: cfg.seed,
+        nodes: cfg.nodes,
+        ops: history.len(),
+        ok: count(Outcome::Ok),
+        fail: count(Outcome::Fail),
+        unknown: count(Outcome::Unknown),
+        anomalies: report.anomalies.len() + problems.len(),
+        lost: report.lost,
+        faults: applied,
+        problems,
+        checks: report,
+        out: cfg.out.clone(),
+    };
+    write(
+        &cfg.out.join("report.json"),
+        &serde_json::to_vec_pretty(&summary).unwrap_or_default(),
+    )?;
+    Ok(summary)
+}
