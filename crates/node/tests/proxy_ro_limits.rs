@@ -89,11 +89,15 @@ async fn ro_port_refuses_replica_writers_and_serves_reads() {
     let o = cli(ro, "app", APP_PW, "SELECT 1").await;
     assert!(!o.status.success());
     assert!(
-        stderr(&o)
-            .contains("1053 - QuorumSQL: this node's replica cannot serve reads (replica diverged"),
+        stderr(&o).starts_with(
+            "ERROR 1053 (08S01): QuorumSQL: this node's replica cannot serve reads (replica \
+             diverged"
+        ),
         "{}",
         stderr(&o)
     );
+    let p = refused(ro).await;
+    assert_eq!((p.err_code(), p.err_state().as_str()), (1053, "08S01"));
     // The session opened before keeps working (roles kills it if it must).
     let (_, rows) = s.query("SELECT 4").await.unwrap();
     assert_eq!(rows, vec![vec!["4".to_string()]]);
@@ -103,7 +107,7 @@ async fn ro_port_refuses_replica_writers_and_serves_reads() {
     assert_eq!(p.err_code(), 1053);
     let m = proxy.metrics();
     assert_eq!(m.ro.errors_of(ErrorKind::Refused), 12, "{m:?}");
-    assert_eq!(m.ro.errors_of(ErrorKind::RoUnavailable), 1, "{m:?}");
+    assert_eq!(m.ro.errors_of(ErrorKind::RoUnavailable), 2, "{m:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,12 +317,17 @@ async fn thousands_of_idle_connections_hit_the_limit_and_others_keep_working() {
         per_conn <= 64 * 1024,
         "{per_conn} bytes per idle connection"
     );
-    // The excess gets "too many connections" at once.
-    for _ in 0..20 {
-        let mut s = TcpStream::connect(rw).await.unwrap();
-        let rest = read_to_close(&mut s, Duration::from_secs(5)).await;
-        assert_eq!(err_code_of(&rest), Some(1040), "{rest:?}");
+    // The excess gets "too many connections" at once, as the answer to its login.
+    for _ in 0..19 {
+        let p = refused(rw.port()).await;
+        assert_eq!((p.err_code(), p.err_state().as_str()), (1040, "08004"));
     }
+    let o = cli(rw.port(), "app", APP_PW, "SELECT 1").await;
+    assert!(
+        stderr(&o).starts_with("ERROR 1040 (08004): Too many connections"),
+        "{}",
+        stderr(&o)
+    );
     // The established client is unaffected.
     let (_, rows) = good.query("SELECT 'ok'").await.unwrap();
     assert_eq!(rows, vec![vec!["ok".to_string()]]);
@@ -333,4 +342,49 @@ async fn thousands_of_idle_connections_hit_the_limit_and_others_keep_working() {
     .await;
     let o = cli(rw.port(), "app", APP_PW, "SELECT 'back'").await;
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadbds_own_refusal_before_its_greeting_reaches_the_client_with_its_code() {
+    // max_connections=10 (10.11's minimum): ten clients, plus the slot mariadbd keeps for
+    // SUPER (root below).
+    let server = Server::start(10);
+    let (_oracle, proxy) = start_proxy(&server, test_limits()).await;
+    let rw = proxy.rw_addr().port();
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(Raw::connect(rw, "raw").await);
+    }
+    let mut root = tokio::process::Command::new("mariadb")
+        .arg("--no-defaults")
+        .arg(format!("--socket={}", server.socket.display()))
+        .args(["-uroot", "-e", "SELECT SLEEP(60)"])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Once both slots are taken, mariadbd sends 1040 in place of its greeting; the proxy
+    // passes it on as the answer to the client's login, so the CLI shows mariadbd's code.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let err = loop {
+        let o = cli(rw, "app", APP_PW, "SELECT 1").await;
+        if proxy.metrics().rw.errors_of(ErrorKind::BackendRefused) > 0 {
+            break stderr(&o);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mariadbd never refused before its greeting; last: {}",
+            stderr(&o)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        err.starts_with("ERROR 1040 (HY000): Too many connections"),
+        "{err}"
+    );
+    let p = refused(rw).await;
+    assert_eq!(p.err_code(), 1040, "{}", p.err_message());
+    let _ = root.kill().await;
+    // The held session is unaffected.
+    let (_, rows) = held[0].query("SELECT 'held'").await.unwrap();
+    assert_eq!(rows, vec![vec!["held".to_string()]]);
 }

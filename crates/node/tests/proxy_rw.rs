@@ -194,10 +194,11 @@ async fn lease_fence_master_change_and_no_master() {
     let o = cli(rw, "app", APP_PW, "SELECT 1").await;
     let took = t.elapsed();
     assert!(!o.status.success());
-    // libmariadb reports an ERR in place of the greeting as 2002 "before completion of TLS
-    // handshake" and quotes the proxy's code and message.
+    // The proxy greets and answers the login with the ERR, so libmariadb reports the proxy's
+    // own code (an ERR in place of the greeting would be its 2002 "before completion of TLS
+    // handshake", quoting ours).
     assert!(
-        stderr(&o).contains("1053 - QuorumSQL: no master"),
+        stderr(&o).starts_with("ERROR 1053 (08S01): QuorumSQL: no master"),
         "{}",
         stderr(&o)
     );
@@ -211,6 +212,11 @@ async fn lease_fence_master_change_and_no_master() {
         "answered before the wait: {took:?}"
     );
     assert!(took < Duration::from_secs(3), "wait not bounded: {took:?}");
+
+    // A raw client sees a greeting, then the ERR in answer to its handshake response.
+    let p = refused(rw).await;
+    assert_eq!((p.err_code(), p.err_state().as_str()), (1053, "08S01"));
+    assert!(p.err_message().contains("no master"), "{}", p.err_message());
 
     // A master that appears during the wait is used.
     let o2 = oracle.clone();
@@ -226,7 +232,7 @@ async fn lease_fence_master_change_and_no_master() {
     let m = proxy.metrics();
     assert_eq!(m.rw.errors_of(ErrorKind::LeaseLost), 1, "{m:?}");
     assert_eq!(m.rw.errors_of(ErrorKind::MasterChanged), 2, "{m:?}");
-    assert_eq!(m.rw.errors_of(ErrorKind::NoMaster), 1, "{m:?}");
+    assert_eq!(m.rw.errors_of(ErrorKind::NoMaster), 2, "{m:?}");
     wait_for(Duration::from_secs(5), "sessions to close", || {
         proxy.open_sessions() == 0
     })
@@ -342,7 +348,11 @@ async fn forwarding_between_two_proxies_keeps_the_client_address() {
     .await
     .unwrap();
     let o = cli(third.rw_addr().port(), "app", APP_PW, "SELECT 1").await;
-    assert!(stderr(&o).contains("1053 - QuorumSQL"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with("ERROR 1053 (08S01): QuorumSQL"),
+        "{}",
+        stderr(&o)
+    );
     assert!(
         stderr(&o).contains("never forwarded twice"),
         "{}",

@@ -21,13 +21,16 @@ pub enum ErrorKind {
     Killed,
     Refused,
     BackendConnect,
+    /// The local mariadbd refused the connection before greeting it (its own connection
+    /// limit, a blocked host); the client gets mariadbd's error.
+    BackendRefused,
     PeerDial,
     BadPeerHeader,
     Io,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 16] = [
+    pub const ALL: [ErrorKind; 17] = [
         ErrorKind::TooManyConnections,
         ErrorKind::HandshakeTimeout,
         ErrorKind::BadHandshake,
@@ -41,6 +44,7 @@ impl ErrorKind {
         ErrorKind::Killed,
         ErrorKind::Refused,
         ErrorKind::BackendConnect,
+        ErrorKind::BackendRefused,
         ErrorKind::PeerDial,
         ErrorKind::BadPeerHeader,
         ErrorKind::Io,
@@ -62,6 +66,7 @@ impl ErrorKind {
             ErrorKind::Killed => "killed",
             ErrorKind::Refused => "refused",
             ErrorKind::BackendConnect => "backend_connect",
+            ErrorKind::BackendRefused => "backend_refused",
             ErrorKind::PeerDial => "peer_dial",
             ErrorKind::BadPeerHeader => "bad_peer_header",
             ErrorKind::Io => "io",
@@ -152,4 +157,23 @@ pub struct MetricsSnapshot {
     pub peer_rw: PortMetricsSnapshot,
     pub peer_ro: PortMetricsSnapshot,
     pub routing_changes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_own_counter_and_label() {
+        let m = PortMetrics::default();
+        for (i, k) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i, "{k:?} is out of place in ErrorKind::ALL");
+            m.error(*k);
+        }
+        let s = m.snapshot();
+        assert!(ErrorKind::ALL.iter().all(|k| s.errors_of(*k) == 1));
+        let labels: std::collections::HashSet<_> =
+            ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(labels.len(), ErrorKind::ALL.len());
+    }
 }

@@ -27,6 +27,12 @@
 //! - 1040 / 08004 too many connections; 1043 / 08S01 bad or stalled handshake or a TLS request;
 //!   1159 / 08S01 idle timeout; 1235 / 42000 statement refused (the connection stays open).
 //!
+//! A connection refused before any mariadbd greeted it (no master, too many connections, RO
+//! unavailable, mariadbd unreachable or refusing with its own pre-greeting ERR) gets the proxy's
+//! own greeting, and the ERR answers the client's handshake response (sequence id 2): an ERR in
+//! place of the greeting would be reported by libmariadb as its own 2002 ("before completion of
+//! TLS handshake"), hiding the code (see `refusal`).
+//!
 //! `CONNECTION_ID()` and the greeting's thread id are mariadbd's own thread id on the master (the
 //! greeting is relayed), so `KILL n` with an id a client read from `CONNECTION_ID()` or
 //! `SHOW PROCESSLIST` names the proxy session whose backend connection has that id. After a
@@ -35,6 +41,7 @@
 mod metrics;
 pub mod mysql;
 pub mod proxy_v2;
+mod refusal;
 mod registry;
 mod relay;
 mod server;

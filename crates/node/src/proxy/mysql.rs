@@ -1,38 +1,23 @@
-//! The few MySQL protocol facts the relay needs: packet headers, the greeting's capability bits and
-//! connection id, the handshake response's user name, command bytes, and the ERR/OK packets the
-//! proxy writes itself.
-//!
-//! TODO(wire): `quorumsql_wire` grows the full codecs (handshake, ERR/OK); this module works on
-//! borrowed slices in place instead, because the relay patches a few bits of packets it never
-//! decodes and must not allocate per packet.
+//! The MySQL protocol facts the relay needs beyond `quorumsql_wire`: the packet header as a
+//! borrowed slice, in-place patches of the greeting and the handshake response (the relay changes
+//! a few bits of packets it never decodes and must not allocate per packet), and the error codes
+//! the proxy answers with. Capability bits, command bytes and the ERR/OK packets the proxy writes
+//! itself come from `quorumsql_wire`.
+
+use bytes::BytesMut;
+use quorumsql_wire::handshake::SERVER_STATUS_AUTOCOMMIT;
+use quorumsql_wire::packet::encode_packet;
+use quorumsql_wire::response::{ErrPacket, OkPacket};
+
+/// Command bytes (first payload byte of a command packet).
+pub use quorumsql_wire::command::code as com;
+/// Capability bits (the relay touches COMPRESS, PROTOCOL_41, SSL and MULTI_STATEMENTS).
+pub use quorumsql_wire::handshake::caps;
+/// Largest payload of one physical packet; a chunk of exactly this size is continued.
+pub use quorumsql_wire::packet::MAX_CHUNK;
 
 /// Length of a packet header: 3-byte little-endian payload length and a sequence id.
 pub const HEADER_LEN: usize = 4;
-/// Largest payload of one physical packet; a chunk of exactly this size is continued.
-pub const MAX_CHUNK: usize = 0xFF_FFFF;
-
-/// Capability bits the relay touches.
-pub mod caps {
-    pub const COMPRESS: u32 = 1 << 5;
-    pub const PROTOCOL_41: u32 = 1 << 9;
-    pub const SSL: u32 = 1 << 11;
-    pub const MULTI_STATEMENTS: u32 = 1 << 16;
-}
-
-/// Command bytes (first payload byte of a command packet).
-pub mod com {
-    pub const QUIT: u8 = 0x01;
-    pub const QUERY: u8 = 0x03;
-    pub const REFRESH: u8 = 0x07;
-    pub const SHUTDOWN: u8 = 0x08;
-    pub const PROCESS_KILL: u8 = 0x0C;
-    pub const CHANGE_USER: u8 = 0x11;
-    pub const BINLOG_DUMP: u8 = 0x12;
-    pub const REGISTER_SLAVE: u8 = 0x15;
-    pub const STMT_PREPARE: u8 = 0x16;
-    pub const SET_OPTION: u8 = 0x1B;
-    pub const BINLOG_DUMP_GTID: u8 = 0x1E;
-}
 
 /// `COM_SET_OPTION` argument that turns multi-statements on.
 pub const MYSQL_OPTION_MULTI_STATEMENTS_ON: u16 = 0;
@@ -134,96 +119,71 @@ pub fn patch_handshake_response(head: &mut [u8], total_len: usize, clear_caps: u
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SqlError {
     pub code: u16,
-    pub state: &'static [u8; 5],
+    pub state: [u8; 5],
+}
+
+impl SqlError {
+    pub const fn new(code: u16, state: [u8; 5]) -> Self {
+        SqlError { code, state }
+    }
 }
 
 /// `ER_CON_COUNT_ERROR`: too many connections.
-pub const ER_CON_COUNT: SqlError = SqlError {
-    code: 1040,
-    state: b"08004",
-};
+pub const ER_CON_COUNT: SqlError = SqlError::new(1040, *b"08004");
 /// `ER_HANDSHAKE_ERROR`: bad handshake (garbage, TLS request, stalled handshake).
-pub const ER_HANDSHAKE: SqlError = SqlError {
-    code: 1043,
-    state: b"08S01",
-};
+pub const ER_HANDSHAKE: SqlError = SqlError::new(1043, *b"08S01");
 /// `ER_SERVER_SHUTDOWN` with SQLSTATE 08S01 (communication link failure): the proxy's
 /// retryable "no master right now / not here" code. Drivers and pools treat both as "reconnect
 /// and retry": nothing was executed.
-pub const ER_NO_MASTER: SqlError = SqlError {
-    code: 1053,
-    state: b"08S01",
-};
+pub const ER_NO_MASTER: SqlError = SqlError::new(1053, *b"08S01");
 /// `ER_SERVER_SHUTDOWN` with SQLSTATE 08007 ("transaction resolution unknown"): the connection is
 /// gone and a statement in flight (a COMMIT in particular) may or may not have committed.
-pub const ER_OUTCOME_UNKNOWN: SqlError = SqlError {
-    code: 1053,
-    state: b"08007",
-};
+pub const ER_OUTCOME_UNKNOWN: SqlError = SqlError::new(1053, *b"08007");
 /// `ER_CONNECTION_KILLED` with SQLSTATE 08007: closed by a `KILL` through the proxy.
-pub const ER_CONNECTION_KILLED: SqlError = SqlError {
-    code: 1927,
-    state: b"08007",
-};
+pub const ER_CONNECTION_KILLED: SqlError = SqlError::new(1927, *b"08007");
 /// `ER_NET_READ_INTERRUPTED`: closed after the idle timeout.
-pub const ER_IDLE: SqlError = SqlError {
-    code: 1159,
-    state: b"08S01",
-};
+pub const ER_IDLE: SqlError = SqlError::new(1159, *b"08S01");
 /// `ER_NOT_SUPPORTED_YET` (42000): statement or command refused by the proxy; the connection
 /// stays open.
-pub const ER_REFUSED: SqlError = SqlError {
-    code: 1235,
-    state: b"42000",
-};
+pub const ER_REFUSED: SqlError = SqlError::new(1235, *b"42000");
 /// `ER_NO_SUCH_THREAD`.
-pub const ER_NO_SUCH_THREAD: SqlError = SqlError {
-    code: 1094,
-    state: b"HY000",
-};
+pub const ER_NO_SUCH_THREAD: SqlError = SqlError::new(1094, *b"HY000");
 /// `ER_KILL_DENIED_ERROR`.
-pub const ER_KILL_DENIED: SqlError = SqlError {
-    code: 1095,
-    state: b"HY000",
-};
+pub const ER_KILL_DENIED: SqlError = SqlError::new(1095, *b"HY000");
 /// `ER_SERVER_SHUTDOWN` / 08S01 for replica-state refusals on the RO port (diverged,
 /// rebuilding, behind): pools reconnect, preferably elsewhere.
-pub const ER_RO_UNAVAILABLE: SqlError = SqlError {
-    code: 1053,
-    state: b"08S01",
-};
+pub const ER_RO_UNAVAILABLE: SqlError = SqlError::new(1053, *b"08S01");
 
-/// Appends a whole ERR packet (header included) with sequence id `seq`. Messages longer than
-/// 512 bytes are cut (MariaDB's own limit is similar).
-pub fn put_err_packet(out: &mut Vec<u8>, seq: u8, err: SqlError, message: &str) {
-    let mut msg = message.as_bytes();
-    if msg.len() > 512 {
-        let mut cut = 512;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        msg = &msg[..cut];
+/// MariaDB's own messages are at most 512 bytes; longer ones are cut (at a character boundary).
+const MAX_MESSAGE: usize = 512;
+
+/// An ERR packet (header included) with sequence id `seq`; only on error paths.
+pub fn err_packet(seq: u8, err: SqlError, message: &str) -> BytesMut {
+    let mut cut = message.len().min(MAX_MESSAGE);
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
     }
-    let len = 1 + 2 + 1 + 5 + msg.len();
-    out.extend_from_slice(&(len as u32).to_le_bytes()[..3]);
-    out.push(seq);
-    out.push(0xFF);
-    out.extend_from_slice(&err.code.to_le_bytes());
-    out.push(b'#');
-    out.extend_from_slice(err.state);
-    out.extend_from_slice(msg);
-}
-
-/// An ERR packet as bytes (not on the hot path).
-pub fn err_packet(seq: u8, err: SqlError, message: &str) -> Vec<u8> {
-    let mut v = Vec::with_capacity(16 + message.len());
-    put_err_packet(&mut v, seq, err, message);
-    v
+    let payload = ErrPacket {
+        code: err.code,
+        state: err.state,
+        message: message[..cut].to_owned(),
+    }
+    .to_bytes();
+    let mut out = BytesMut::with_capacity(HEADER_LEN + payload.len());
+    encode_packet(seq, &payload, &mut out);
+    out
 }
 
 /// An OK packet with no affected rows, autocommit status and no warnings.
-pub fn ok_packet(seq: u8) -> Vec<u8> {
-    vec![7, 0, 0, seq, 0x00, 0, 0, 0x02, 0x00, 0, 0]
+pub fn ok_packet(seq: u8) -> BytesMut {
+    let payload = OkPacket {
+        status: SERVER_STATUS_AUTOCOMMIT,
+        ..OkPacket::default()
+    }
+    .to_bytes();
+    let mut out = BytesMut::with_capacity(HEADER_LEN + payload.len());
+    encode_packet(seq, &payload, &mut out);
+    out
 }
 
 #[cfg(test)]
@@ -308,5 +268,10 @@ mod tests {
         let long = "é".repeat(400);
         let p = err_packet(0, ER_REFUSED, &long);
         assert!(std::str::from_utf8(&p[13..]).is_ok());
+        assert_eq!(p.len(), 13 + 512);
+        assert_eq!(
+            &ok_packet(3)[..],
+            &[7, 0, 0, 3, 0x00, 0, 0, 0x02, 0x00, 0, 0]
+        );
     }
 }

@@ -1,22 +1,21 @@
-//! PROXY protocol v2 headers (haproxy's spec): the master's proxy writes one to mariadbd so that
-//! grants by host see the real client address; a forwarding proxy writes one at the start of the
-//! peer stream, with an application TLV naming the port (RW or RO) the client connected to.
-//!
-//! TODO(wire): `quorumsql_wire::proxy_protocol` is coming; this local codec knows exactly what
-//! the proxy needs (TCP over IPv4/IPv6, one custom TLV) and refuses everything else.
+//! PROXY protocol v2 headers on the proxy's two hops: the master's proxy writes one to mariadbd
+//! so that grants by host see the real client address; a forwarding proxy writes one at the
+//! start of the peer stream with an application TLV naming the port (RW or RO) the client
+//! connected to. The header itself is `quorumsql_wire::proxy_protocol`; this module adds the
+//! port TLV, which only QuorumSQL's proxies write and read, and the address canonicalisation.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::{BufMut, BytesMut};
+use quorumsql_wire::proxy_protocol::{ProxyHeader, MAX_HEADER_LEN};
+use quorumsql_wire::WireError;
 
 use super::PortKind;
 
-/// The 12-byte v2 signature.
-pub const SIGNATURE: [u8; 12] = [
-    0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
-];
 /// Fixed part: signature, version/command, family/protocol, address length.
 pub const FIXED_LEN: usize = 16;
 /// mariadbd accepts headers of at most 256 bytes; the proxy never sends or reads more.
-pub const MAX_HEADER: usize = 256;
+pub const MAX_HEADER: usize = MAX_HEADER_LEN;
 /// First of the TLV types the spec leaves to applications (`PP2_TYPE_MIN_CUSTOM`).
 const TLV_PORT_KIND: u8 = 0xE0;
 
@@ -28,124 +27,79 @@ pub struct ProxiedAddrs {
 }
 
 /// Why a peer's header was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ProxyHeaderError {
-    #[error("not a PROXY v2 header (bad signature)")]
-    Signature,
-    #[error("PROXY header version/command byte {0:#04x} is not v2 PROXY")]
-    Command(u8),
-    #[error("PROXY header address family {0:#04x} is not TCP over IPv4/IPv6")]
-    Family(u8),
-    #[error("PROXY header length {0} is out of range")]
+    #[error("bad PROXY v2 header: {0}")]
+    Wire(#[from] WireError),
+    #[error("PROXY header is LOCAL; a forwarding proxy always sends the client's address")]
+    Local,
+    #[error("PROXY header length {0} does not match what it announces")]
     Length(usize),
     #[error("PROXY header from a forwarding proxy lacks the QuorumSQL port TLV")]
     MissingPortKind,
 }
 
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
+/// An IPv4-mapped IPv6 address (a dual-stack listener's view of an IPv4 client) as IPv4, so that
+/// mariadbd matches it against IPv4 grants.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
+            None => addr,
+        },
+        IpAddr::V4(_) => addr,
     }
 }
 
 /// Encodes a header; `kind` adds the QuorumSQL port TLV (peer hop only, never to mariadbd).
-/// Mixed families are written as IPv6 (v4-mapped).
-pub fn encode(addrs: ProxiedAddrs, kind: Option<PortKind>) -> Vec<u8> {
-    let src = canonical(addrs.source.ip());
-    let dst = canonical(addrs.destination.ip());
-    let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(&SIGNATURE);
-    out.push(0x21); // version 2, PROXY
-    let mut body = Vec::with_capacity(48);
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            out.push(0x11);
-            body.extend_from_slice(&s.octets());
-            body.extend_from_slice(&d.octets());
-        }
-        (s, d) => {
-            out.push(0x21);
-            let v6 = |ip: IpAddr| match ip {
-                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-                IpAddr::V6(v6) => v6,
-            };
-            body.extend_from_slice(&v6(s).octets());
-            body.extend_from_slice(&v6(d).octets());
-        }
+/// Mixed families are written as IPv6 (v4-mapped). Once per connection, never per packet.
+pub fn encode(addrs: ProxiedAddrs, kind: Option<PortKind>) -> BytesMut {
+    let mut out = BytesMut::with_capacity(64);
+    ProxyHeader::Proxy {
+        source: canonical(addrs.source),
+        destination: canonical(addrs.destination),
     }
-    body.extend_from_slice(&addrs.source.port().to_be_bytes());
-    body.extend_from_slice(&addrs.destination.port().to_be_bytes());
+    .encode(&mut out);
     if let Some(kind) = kind {
-        body.push(TLV_PORT_KIND);
-        body.extend_from_slice(&1u16.to_be_bytes());
-        body.push(kind.tlv_byte());
+        out.put_u8(TLV_PORT_KIND);
+        out.put_u16(1);
+        out.put_u8(kind.tlv_byte());
+        let body = (out.len() - FIXED_LEN) as u16;
+        out[14..FIXED_LEN].copy_from_slice(&body.to_be_bytes());
     }
-    out.extend_from_slice(&(body.len() as u16).to_be_bytes());
-    out.extend_from_slice(&body);
     out
 }
 
-/// Total header length announced by the fixed part (call with the first 16 bytes).
+/// Total header length announced by the fixed part (call with the first 16 bytes): checks the
+/// signature, version and size before the rest is read.
 pub fn total_len(fixed: &[u8; FIXED_LEN]) -> Result<usize, ProxyHeaderError> {
-    if fixed[..12] != SIGNATURE {
-        return Err(ProxyHeaderError::Signature);
+    match ProxyHeader::decode(fixed)? {
+        Some((_, len)) => Ok(len),
+        None => Ok(FIXED_LEN + usize::from(u16::from_be_bytes([fixed[14], fixed[15]]))),
     }
-    if fixed[12] != 0x21 {
-        return Err(ProxyHeaderError::Command(fixed[12]));
-    }
-    let len = FIXED_LEN + usize::from(u16::from_be_bytes([fixed[14], fixed[15]]));
-    if len > MAX_HEADER {
-        return Err(ProxyHeaderError::Length(len));
-    }
-    Ok(len)
 }
 
 /// Decodes a whole header written by a forwarding proxy.
 pub fn decode(header: &[u8]) -> Result<(ProxiedAddrs, PortKind), ProxyHeaderError> {
-    let fixed: &[u8; FIXED_LEN] = header
-        .get(..FIXED_LEN)
-        .and_then(|s| s.try_into().ok())
-        .ok_or(ProxyHeaderError::Length(header.len()))?;
-    let len = total_len(fixed)?;
-    if header.len() != len {
+    let (decoded, len) =
+        ProxyHeader::decode(header)?.ok_or(ProxyHeaderError::Length(header.len()))?;
+    if len != header.len() {
         return Err(ProxyHeaderError::Length(header.len()));
     }
-    let body = &header[FIXED_LEN..];
-    let (addrs, rest) = match fixed[13] {
-        0x11 if body.len() >= 12 => {
-            let ip = |b: &[u8]| IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
-            let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
-            (
-                ProxiedAddrs {
-                    source: SocketAddr::new(ip(&body[0..4]), port(&body[8..10])),
-                    destination: SocketAddr::new(ip(&body[4..8]), port(&body[10..12])),
-                },
-                &body[12..],
-            )
-        }
-        0x21 if body.len() >= 36 => {
-            let ip = |b: &[u8]| {
-                let mut o = [0u8; 16];
-                o.copy_from_slice(&b[..16]);
-                canonical(IpAddr::V6(Ipv6Addr::from(o)))
-            };
-            let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
-            (
-                ProxiedAddrs {
-                    source: SocketAddr::new(ip(&body[0..16]), port(&body[32..34])),
-                    destination: SocketAddr::new(ip(&body[16..32]), port(&body[34..36])),
-                },
-                &body[36..],
-            )
-        }
-        0x11 | 0x21 => return Err(ProxyHeaderError::Length(header.len())),
-        other => return Err(ProxyHeaderError::Family(other)),
+    let ProxyHeader::Proxy {
+        source,
+        destination,
+    } = decoded
+    else {
+        return Err(ProxyHeaderError::Local);
     };
-    let mut tlvs = rest;
+    let addrs = ProxiedAddrs {
+        source: canonical(source),
+        destination: canonical(destination),
+    };
+    // TLVs follow the address block, whose size the family byte gives.
+    let addr_len = if header[13] == 0x11 { 12 } else { 36 };
+    let mut tlvs = header.get(FIXED_LEN + addr_len..).unwrap_or(&[]);
     while tlvs.len() >= 3 {
         let t = tlvs[0];
         let l = usize::from(u16::from_be_bytes([tlvs[1], tlvs[2]]));
@@ -195,17 +149,23 @@ mod tests {
             destination: "127.0.0.1:3306".parse().unwrap(),
         };
         let h = encode(a, None);
-        let mut want = SIGNATURE.to_vec();
+        let mut want = quorumsql_wire::proxy_protocol::SIGNATURE.to_vec();
         want.extend_from_slice(&[0x21, 0x11, 0, 12, 10, 9, 8, 6, 127, 0, 0, 1]);
         want.extend_from_slice(&54321u16.to_be_bytes());
         want.extend_from_slice(&3306u16.to_be_bytes());
-        assert_eq!(h, want);
-        assert_eq!(decode(&h), Err(ProxyHeaderError::MissingPortKind));
+        assert_eq!(&h[..], &want[..]);
+        assert!(matches!(decode(&h), Err(ProxyHeaderError::MissingPortKind)));
+        // An IPv4 client seen by a dual-stack listener is still sent as IPv4.
+        let mapped = ProxiedAddrs {
+            source: "[::ffff:10.9.8.6]:54321".parse().unwrap(),
+            destination: "[::ffff:127.0.0.1]:3306".parse().unwrap(),
+        };
+        assert_eq!(&encode(mapped, None)[..], &want[..]);
     }
 
     #[test]
     fn refuses_garbage() {
-        assert_eq!(decode(&[0u8; 16]), Err(ProxyHeaderError::Signature));
+        assert!(matches!(decode(&[0u8; 16]), Err(ProxyHeaderError::Wire(_))));
         let mut h = encode(
             ProxiedAddrs {
                 source: "1.2.3.4:1".parse().unwrap(),
@@ -214,15 +174,15 @@ mod tests {
             Some(PortKind::Rw),
         );
         h[13] = 0x31;
-        assert_eq!(decode(&h), Err(ProxyHeaderError::Family(0x31)));
+        assert!(matches!(decode(&h), Err(ProxyHeaderError::Wire(_))));
         let mut fixed = [0u8; 16];
-        fixed[..12].copy_from_slice(&SIGNATURE);
+        fixed[..12].copy_from_slice(&quorumsql_wire::proxy_protocol::SIGNATURE);
         fixed[12] = 0x21;
         fixed[14] = 0xFF;
-        assert!(matches!(
-            total_len(&fixed),
-            Err(ProxyHeaderError::Length(_))
-        ));
+        assert!(matches!(total_len(&fixed), Err(ProxyHeaderError::Wire(_))));
+        fixed[12] = 0x20;
+        fixed[14] = 0;
+        assert!(matches!(decode(&fixed), Err(ProxyHeaderError::Local)));
         assert!(decode(&h[..20]).is_err());
     }
 }

@@ -15,6 +15,7 @@ use tokio::time::{timeout, Duration, Instant};
 use super::metrics::{ErrorKind, MetricsSnapshot, PortMetrics, ProxyMetrics};
 use super::mysql::{self, SqlError};
 use super::proxy_v2::{self, ProxiedAddrs};
+use super::refusal;
 use super::registry::{CloseReason, Registry, SessionControl};
 use super::relay::{relay, BufferPool, Mode, RelayCtx};
 use super::{MasterEpoch, PeerDialer, PortKind, ProxyConfig, RoRoute, RouteOracle, RwRoute};
@@ -22,10 +23,12 @@ use super::{MasterEpoch, PeerDialer, PortKind, ProxyConfig, RoRoute, RouteOracle
 /// How often a connection waiting for a master re-reads the route even without a generation
 /// change.
 const ROUTE_POLL: Duration = Duration::from_millis(50);
-/// Bound on writing a refusal to a new connection.
-const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Relay buffers kept for reuse (64 KiB each by default).
 const POOLED_BUFFERS: usize = 256;
+/// Refusals of over-limit connections in progress at once (each waits up to the handshake
+/// timeout for the client's handshake response); beyond this, the excess gets a bare ERR in
+/// place of the greeting, without a task.
+const CONCURRENT_LIMIT_REFUSALS: usize = 256;
 
 /// Errors starting the proxy.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,10 @@ struct Inner {
     limit_rw: Arc<Semaphore>,
     limit_ro: Arc<Semaphore>,
     limit_peer: Arc<Semaphore>,
+    /// Refusals of over-limit connections in progress.
+    limit_refusals: Arc<Semaphore>,
+    /// The proxy's own greeting, sent before refusing a connection no backend greeted.
+    refusal_greeting: Vec<u8>,
     changes: watch::Receiver<u64>,
 }
 
@@ -108,6 +115,8 @@ impl ProxyHandle {
             limit_rw: Arc::new(Semaphore::new(limits.max_connections_rw)),
             limit_ro: Arc::new(Semaphore::new(limits.max_connections_ro)),
             limit_peer: Arc::new(Semaphore::new(limits.max_connections_peer)),
+            limit_refusals: Arc::new(Semaphore::new(CONCURRENT_LIMIT_REFUSALS)),
+            refusal_greeting: refusal::greeting_packet(),
             changes: oracle.subscribe_master_changes(),
             config,
             oracle,
@@ -181,6 +190,19 @@ impl Drop for ProxyHandle {
 }
 
 impl Inner {
+    /// Refuses a connection no backend greeted: our own greeting, the client's handshake
+    /// response, then the ERR (see `refusal`).
+    async fn refuse(&self, sock: TcpStream, err: SqlError, message: &str) {
+        refusal::refuse(
+            sock,
+            &self.refusal_greeting,
+            self.config.limits.handshake_timeout,
+            err,
+            message,
+        )
+        .await;
+    }
+
     fn port_metrics(&self, port: PortKind, from_peer: bool) -> &PortMetrics {
         match (port, from_peer) {
             (PortKind::Rw, false) => &self.metrics.rw,
@@ -270,6 +292,19 @@ impl Inner {
         if let Err(e) = backend.write_all(&proxy_v2::encode(addrs, None)).await {
             return self.refuse_backend(client, metrics, &e.to_string()).await;
         }
+        match refusal::backend_refusal(&backend, self.config.limits.connect_timeout).await {
+            Ok(None) => {}
+            Ok(Some((err, message))) => {
+                metrics.error(ErrorKind::BackendRefused);
+                tracing::warn!(
+                    code = err.code,
+                    %message,
+                    "the local mariadbd refused a connection before greeting it"
+                );
+                return self.refuse(client, err, &message).await;
+            }
+            Err(why) => return self.refuse_backend(client, metrics, &why).await,
+        }
         let reg = self
             .registry
             .register(SessionControl::new(port, true, generation));
@@ -287,7 +322,7 @@ impl Inner {
     async fn refuse_backend(&self, client: TcpStream, metrics: &PortMetrics, why: &str) {
         metrics.error(ErrorKind::BackendConnect);
         tracing::warn!(addr = %self.config.mariadb_addr, error = why, "proxy cannot reach the local mariadbd");
-        refuse(
+        self.refuse(
             client,
             mysql::ER_NO_MASTER,
             &format!(
@@ -329,7 +364,7 @@ impl Inner {
 
     async fn refuse_dial(&self, client: TcpStream, metrics: &PortMetrics, to: NodeId, why: &str) {
         metrics.error(ErrorKind::PeerDial);
-        refuse(
+        self.refuse(
             client,
             mysql::ER_NO_MASTER,
             &format!("QuorumSQL: cannot reach {to} ({why}); nothing was executed, retry"),
@@ -367,16 +402,6 @@ impl Inner {
     }
 }
 
-/// Writes an ERR packet in place of the greeting and closes.
-async fn refuse(mut sock: TcpStream, err: SqlError, message: &str) {
-    let pkt = mysql::err_packet(0, err, message);
-    let _ = timeout(REFUSAL_WRITE_TIMEOUT, async {
-        sock.write_all(&pkt).await?;
-        sock.shutdown().await
-    })
-    .await;
-}
-
 async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, port: PortKind) {
     loop {
         let (sock, peer) = match listener.accept().await {
@@ -400,13 +425,22 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, port: PortKind) {
             }
             Err(_) => {
                 metrics.error(ErrorKind::TooManyConnections);
-                // A fresh socket's send buffer takes this at once; no task per refusal.
-                let pkt = mysql::err_packet(
-                    0,
-                    mysql::ER_CON_COUNT,
-                    "Too many connections (QuorumSQL proxy limit for this port)",
-                );
-                let _ = sock.try_write(&pkt);
+                const MSG: &str = "Too many connections (QuorumSQL proxy limit for this port)";
+                match inner.limit_refusals.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let inner = inner.clone();
+                        tokio::spawn(async move {
+                            inner.refuse(sock, mysql::ER_CON_COUNT, MSG).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        // A flood: no task per refusal. A fresh socket's send buffer takes
+                        // this at once (libmariadb shows it as 2002 quoting our 1040).
+                        let pkt = mysql::err_packet(0, mysql::ER_CON_COUNT, MSG);
+                        let _ = sock.try_write(&pkt);
+                    }
+                }
             }
         }
     }
@@ -445,7 +479,7 @@ async fn client_session(
             }
             Err((kind, msg)) => {
                 metrics.error(kind);
-                refuse(sock, mysql::ER_NO_MASTER, &msg).await;
+                inner.refuse(sock, mysql::ER_NO_MASTER, &msg).await;
             }
         },
         PortKind::Ro => match inner.oracle.ro_route() {
@@ -461,15 +495,16 @@ async fn client_session(
             }
             RoRoute::Refuse { reason } => {
                 metrics.error(ErrorKind::RoUnavailable);
-                refuse(
-                    sock,
-                    mysql::ER_RO_UNAVAILABLE,
-                    &format!(
-                        "QuorumSQL: this node's replica cannot serve reads ({reason}); use \
+                inner
+                    .refuse(
+                        sock,
+                        mysql::ER_RO_UNAVAILABLE,
+                        &format!(
+                            "QuorumSQL: this node's replica cannot serve reads ({reason}); use \
                          another node's read-only port"
-                    ),
-                )
-                .await;
+                        ),
+                    )
+                    .await;
             }
         },
     }
@@ -496,12 +531,13 @@ async fn peer_session(inner: Arc<Inner>, from: NodeId, mut stream: TcpStream) {
     let started = Instant::now();
     let Ok(_permit) = inner.limit_peer.clone().try_acquire_owned() else {
         inner.metrics.peer_rw.error(ErrorKind::TooManyConnections);
-        refuse(
-            stream,
-            mysql::ER_CON_COUNT,
-            "Too many connections (QuorumSQL proxy limit for forwarded connections)",
-        )
-        .await;
+        inner
+            .refuse(
+                stream,
+                mysql::ER_CON_COUNT,
+                "Too many connections (QuorumSQL proxy limit for forwarded connections)",
+            )
+            .await;
         return;
     };
     let header = timeout(
@@ -515,12 +551,13 @@ async fn peer_session(inner: Arc<Inner>, from: NodeId, mut stream: TcpStream) {
         Err(why) => {
             inner.metrics.peer_rw.error(ErrorKind::BadPeerHeader);
             tracing::warn!(%from, error = %why, "bad forwarding header on a proxy peer stream");
-            refuse(
-                stream,
-                mysql::ER_HANDSHAKE,
-                &format!("QuorumSQL: bad forwarding header from {from}: {why}"),
-            )
-            .await;
+            inner
+                .refuse(
+                    stream,
+                    mysql::ER_HANDSHAKE,
+                    &format!("QuorumSQL: bad forwarding header from {from}: {why}"),
+                )
+                .await;
             return;
         }
     };
@@ -541,7 +578,7 @@ async fn peer_session(inner: Arc<Inner>, from: NodeId, mut stream: TcpStream) {
             }
             Err((kind, msg)) => {
                 metrics.error(kind);
-                refuse(stream, mysql::ER_NO_MASTER, &msg).await;
+                inner.refuse(stream, mysql::ER_NO_MASTER, &msg).await;
             }
         },
         PortKind::Ro => match inner.oracle.ro_route() {
@@ -552,13 +589,14 @@ async fn peer_session(inner: Arc<Inner>, from: NodeId, mut stream: TcpStream) {
             }
             RoRoute::Forward { .. } | RoRoute::Refuse { .. } => {
                 metrics.error(ErrorKind::RoUnavailable);
-                refuse(
-                    stream,
-                    mysql::ER_RO_UNAVAILABLE,
-                    "QuorumSQL: the replica this read-only connection was forwarded to cannot \
+                inner
+                    .refuse(
+                        stream,
+                        mysql::ER_RO_UNAVAILABLE,
+                        "QuorumSQL: the replica this read-only connection was forwarded to cannot \
                      serve reads now; reconnect",
-                )
-                .await;
+                    )
+                    .await;
             }
         },
     }

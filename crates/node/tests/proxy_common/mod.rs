@@ -389,6 +389,46 @@ pub async fn write_pkt(s: &mut TcpStream, seq: u8, payload: &[u8]) {
     s.write_all(&v).await.unwrap();
 }
 
+/// A handshake response logging in as `user` with an empty password (mysql_native_password).
+pub fn handshake_response(user: &str) -> Vec<u8> {
+    let caps: u32 = 1 | (1 << 9) | (1 << 13) | (1 << 15) | (1 << 19);
+    let mut r = caps.to_le_bytes().to_vec();
+    r.extend_from_slice(&(16u32 << 20).to_le_bytes());
+    r.push(45);
+    r.extend_from_slice(&[0; 23]);
+    r.extend_from_slice(user.as_bytes());
+    r.push(0);
+    r.push(0); // empty auth response
+    r.extend_from_slice(b"mysql_native_password\0");
+    r
+}
+
+/// Connects to a port that refuses (before any backend greets) and returns the ERR packet as a
+/// client sees it: a protocol-10 greeting first, then, in answer to the handshake response, the
+/// ERR with sequence id 2, then EOF.
+pub async fn refused(port: u16) -> Pkt {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let g = tokio::time::timeout(Duration::from_secs(10), read_pkt(&mut s))
+        .await
+        .expect("no greeting")
+        .unwrap();
+    assert_eq!((g.seq, g.payload[0]), (0, 10), "greeting expected: {g:?}");
+    write_pkt(&mut s, 1, &handshake_response("raw")).await;
+    let p = tokio::time::timeout(Duration::from_secs(10), read_pkt(&mut s))
+        .await
+        .expect("no answer to the handshake response")
+        .unwrap();
+    assert!(p.is_err(), "ERR expected: {p:?}");
+    assert_eq!(p.seq, 2, "{p:?}");
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(r, Ok(Ok(0))),
+        "connection not closed after the ERR: {r:?} {rest:?}"
+    );
+    p
+}
+
 impl Raw {
     /// Logs in as `user` with an empty password (mysql_native_password).
     pub async fn connect(port: u16, user: &str) -> Raw {
@@ -398,16 +438,7 @@ impl Raw {
         let nul = g.payload[1..].iter().position(|&b| b == 0).unwrap();
         let at = 1 + nul + 1;
         let connection_id = u32::from_le_bytes(g.payload[at..at + 4].try_into().unwrap());
-        let caps: u32 = 1 | (1 << 9) | (1 << 13) | (1 << 15) | (1 << 19);
-        let mut r = caps.to_le_bytes().to_vec();
-        r.extend_from_slice(&(16u32 << 20).to_le_bytes());
-        r.push(45);
-        r.extend_from_slice(&[0; 23]);
-        r.extend_from_slice(user.as_bytes());
-        r.push(0);
-        r.push(0); // empty auth response
-        r.extend_from_slice(b"mysql_native_password\0");
-        write_pkt(&mut s, 1, &r).await;
+        write_pkt(&mut s, 1, &handshake_response(user)).await;
         let ok = read_pkt(&mut s).await.unwrap();
         assert_eq!(
             ok.payload[0],
