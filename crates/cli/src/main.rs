@@ -2,6 +2,7 @@
 
 mod init;
 mod status;
+mod switchover;
 mod up;
 
 use std::path::PathBuf;
@@ -34,6 +35,9 @@ enum Command {
     Status(status::StatusArgs),
     /// Write one config per host for a multi-machine deployment.
     Init(init::InitArgs),
+    /// Hand the master role to a replica (planned; no commit fails): `--to N` or the most
+    /// caught-up healthy replica.
+    Switchover(switchover::SwitchoverArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
             Command::Up(args) => up::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Init(args) => init::run(args),
+            Command::Switchover(args) => switchover::run(args).await,
         }
     });
     match result {

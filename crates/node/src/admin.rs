@@ -1,13 +1,14 @@
-//! The admin HTTP server: `/status` (JSON, stable field names that scripts depend on) and
-//! `/metrics` (Prometheus text).
+//! The admin HTTP server: `/status` (JSON, stable field names that scripts depend on),
+//! `/metrics` (Prometheus text), `/cluster`, and the control call `POST /switchover[?to=N]`
+//! (planned switchover, DESIGN §3; answered by the master only).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -48,6 +49,16 @@ pub struct NodeStatus {
     /// routing changes.
     #[serde(default)]
     pub proxy: Option<crate::proxy::MetricsSnapshot>,
+    /// Milliseconds left of this node's vote hold-off (DESIGN §6 invariant 9): while it runs,
+    /// vote and pre-vote requests are dropped.
+    #[serde(default)]
+    pub vote_hold_off_remaining_ms: Option<u64>,
+    /// Vote and pre-vote requests dropped because of the hold-off since this process started.
+    #[serde(default)]
+    pub votes_refused_in_hold_off: u64,
+    /// A planned switchover is draining this master right now (no client packet is forwarded).
+    #[serde(default)]
+    pub switchover_in_progress: bool,
 }
 
 /// What this node knows about one peer.
@@ -68,6 +79,8 @@ pub type StatusFn = Arc<dyn Fn() -> NodeStatus + Send + Sync>;
 pub struct AdminState {
     pub status: StatusFn,
     pub members: Arc<Vec<(u64, SocketAddr)>>,
+    /// Where switchover requests go (roles); `None` on nodes that cannot switch over.
+    pub switchover: Option<crate::roles::switchover::SwitchoverSender>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +112,7 @@ pub async fn bind(
         .route("/status", get(get_status))
         .route("/metrics", get(get_metrics))
         .route("/cluster", get(get_cluster))
+        .route("/switchover", post(post_switchover))
         .with_state(state);
     Ok(async move {
         axum::serve(listener, app)
@@ -128,6 +142,119 @@ async fn get_cluster(State(state): State<AdminState>) -> Json<crate::admin_clien
     nodes.push(me);
     nodes.sort_by_key(|n| n.id);
     Json(crate::admin_client::ClusterStatus::from_nodes(nodes))
+}
+
+/// The JSON body of a failed control call. `master`/`master_admin` name where to ask instead
+/// when this node is not the master.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ControlError {
+    pub error: String,
+    #[serde(default)]
+    pub master: Option<u64>,
+    #[serde(default)]
+    pub master_admin: Option<SocketAddr>,
+}
+
+/// How long the admin call waits for roles to finish a switchover: drain, read_only and the
+/// transfer are each bounded well below this.
+const SWITCHOVER_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn post_switchover(State(state): State<AdminState>, RawQuery(query): RawQuery) -> Response {
+    use crate::roles::switchover::{choose_target, parse_node, SwitchoverError, SwitchoverRequest};
+    let me = (state.status)();
+    let fail = |e: SwitchoverError| {
+        let master = match &e {
+            SwitchoverError::NotMaster { master, .. } => *master,
+            _ => None,
+        };
+        let master_admin = master.and_then(|m| {
+            state
+                .members
+                .iter()
+                .find(|(id, _)| *id == m)
+                .map(|(_, a)| *a)
+        });
+        let code = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+        (
+            code,
+            Json(ControlError {
+                error: e.to_string(),
+                master,
+                master_admin,
+            }),
+        )
+            .into_response()
+    };
+    // Only `to` is understood; anything else is a mistake worth saying so.
+    let mut to = None;
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("to", v)) if to.is_none() => match parse_node(v) {
+                Ok(n) => to = Some(n),
+                Err(e) => return fail(e),
+            },
+            _ => {
+                return fail(SwitchoverError::BadRequest(format!(
+                    "unknown or repeated parameter {:?} (only `to=N` is understood)",
+                    pair.chars().take(64).collect::<String>()
+                )))
+            }
+        }
+    }
+    if let Some(n) = to {
+        if !state.members.iter().any(|(id, _)| *id == n) {
+            return fail(SwitchoverError::NoSuchNode(n));
+        }
+    }
+    if me.role != "master" {
+        return fail(SwitchoverError::NotMaster {
+            me: me.id,
+            master: me.master.filter(|m| *m != me.id),
+        });
+    }
+    let Some(requests) = state.switchover.clone() else {
+        return fail(SwitchoverError::Internal(
+            "this node does not accept switchovers".into(),
+        ));
+    };
+    let others: Vec<(u64, SocketAddr)> = state
+        .members
+        .iter()
+        .filter(|(id, _)| *id != me.id)
+        .copied()
+        .collect();
+    let mut nodes =
+        crate::admin_client::ClusterStatus::gather(&others, std::time::Duration::from_secs(1))
+            .await
+            .nodes;
+    nodes.push(me.clone());
+    let target = match choose_target(&nodes, me.id, to) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let req = SwitchoverRequest {
+        to: quorumsql_log::NodeId(target),
+        reply,
+    };
+    if requests.try_send(req).is_err() {
+        return fail(SwitchoverError::Busy);
+    }
+    match tokio::time::timeout(SWITCHOVER_ANSWER_TIMEOUT, answer).await {
+        Ok(Ok(Ok(report))) => (StatusCode::OK, Json(report)).into_response(),
+        Ok(Ok(Err(e))) => fail(e),
+        Ok(Err(_)) => fail(SwitchoverError::Internal(
+            "roles stopped before answering (the node is shutting down?)".into(),
+        )),
+        Err(_) => fail(SwitchoverError::Internal(format!(
+            "no answer from roles within {SWITCHOVER_ANSWER_TIMEOUT:?}; check `quorumsql status`"
+        ))),
+    }
 }
 
 async fn get_metrics(State(state): State<AdminState>) -> Response {

@@ -40,9 +40,26 @@ pub async fn fetch_json<T: DeserializeOwned>(
     path: &str,
     timeout: Duration,
 ) -> Result<T, AdminClientError> {
+    let (code, body) = request(addr, "GET", path, timeout).await?;
+    if code != 200 {
+        return Err(AdminClientError::Status(code));
+    }
+    serde_json::from_str(&body).map_err(|e| AdminClientError::Malformed(e.to_string()))
+}
+
+/// One HTTP/1.1 request without a body; returns the status code and the (de-chunked) body
+/// whatever the status, so callers can read a JSON error.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String), AdminClientError> {
     let body = tokio::time::timeout(timeout, async {
         let mut s = TcpStream::connect(addr).await?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
         s.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();
         // Status documents are small; refuse to buffer anything absurd.
@@ -60,10 +77,7 @@ pub async fn fetch_json<T: DeserializeOwned>(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| AdminClientError::Malformed("no status code".into()))?;
-    if code != 200 {
-        return Err(AdminClientError::Status(code));
-    }
-    let json = if head
+    let body = if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
@@ -71,7 +85,7 @@ pub async fn fetch_json<T: DeserializeOwned>(
     } else {
         rest.to_string()
     };
-    serde_json::from_str(&json).map_err(|e| AdminClientError::Malformed(e.to_string()))
+    Ok((code, body))
 }
 
 fn dechunk(mut s: &str) -> Result<String, AdminClientError> {

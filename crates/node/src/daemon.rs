@@ -88,6 +88,10 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
 
     let shutdown = CancellationToken::new();
     let (role_tx, role_rx) = watch::channel(RoleSnapshot::default());
+    // Planned switchover: the admin port asks roles (one request at a time), roles raises the
+    // gate the proxy reads before every client packet.
+    let gate = crate::roles::switchover::SwitchoverGate::default();
+    let (switchover_tx, switchover_rx) = tokio::sync::mpsc::channel(1);
 
     // The global binlog.
     let log_cfg = log_config(&cfg);
@@ -121,9 +125,11 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
         let role_rx = role_rx.clone();
         let id = cfg.node.id;
         let proxy_slot = proxy_slot.clone();
+        let gate = gate.clone();
         Arc::new(move || {
             let mut s = node_status(id, &log, &role_rx.borrow());
             s.proxy = proxy_slot.get().map(|p| p.metrics());
+            s.switchover_in_progress = gate.draining();
             s
         })
     };
@@ -136,6 +142,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
                 .map(|m| (m.id, m.admin))
                 .collect(),
         ),
+        switchover: Some(switchover_tx),
     };
     let admin = crate::admin::bind(me.admin, admin_state, shutdown.clone()).await?;
     let admin_task = tokio::spawn(admin);
@@ -162,6 +169,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
         log.clone(),
         role_rx.clone(),
         net.clone(),
+        gate.clone(),
         shutdown.clone(),
     )
     .await
@@ -170,7 +178,8 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
 
     // Roles drives mariadbd.
     let sink = Arc::new(LogSink::new(log.clone()));
-    let roles = Roles::new(cfg.clone(), log.clone(), db, sink, role_tx);
+    let roles = Roles::new(cfg.clone(), log.clone(), db, sink, role_tx)
+        .with_switchover(switchover_rx, gate);
     let roles_task = tokio::spawn(roles.run(shutdown.clone()));
 
     wait_for_signal().await;
@@ -240,5 +249,8 @@ fn node_status(id: u64, log: &LogHandle, role: &RoleSnapshot) -> NodeStatus {
         mariadb_pid: role.mariadb_pid,
         peers,
         proxy: None,
+        vote_hold_off_remaining_ms: st.vote_hold_off_remaining.map(|d| d.as_millis() as u64),
+        votes_refused_in_hold_off: log.votes_held_off(),
+        switchover_in_progress: false,
     }
 }

@@ -22,6 +22,7 @@ use crate::proxy::{
     DialFuture, MasterEpoch, PeerDialer, ProxyConfig, ProxyHandle, ProxyLimits, RoRoute,
     RouteOracle, RwRoute,
 };
+use crate::roles::switchover::SwitchoverGate;
 use crate::roles::{Role, RoleSnapshot};
 
 /// The route oracle over the log and roles.
@@ -32,6 +33,10 @@ struct NodeOracle {
     /// The epoch this node may forward RW packets under; 0 = none.
     forwarding_epoch: AtomicU64,
     generation: watch::Sender<u64>,
+    /// Raised by roles while a planned switchover drains this master. Deliberately not part of
+    /// `forwarding_epoch`: draining must not bump the routing generation (that would close every
+    /// RW session as "outcome unknown"), and an undone drain must let held packets go on.
+    gate: SwitchoverGate,
 }
 
 impl NodeOracle {
@@ -58,6 +63,14 @@ impl NodeOracle {
 
 impl RouteOracle for NodeOracle {
     fn rw_route(&self) -> RwRoute {
+        if self.gate.draining() {
+            // A new connection waits (bounded by the proxy's no-master wait) and then goes to
+            // whichever node is master after the switchover, instead of being held here.
+            return RwRoute::Unavailable {
+                reason: "planned switchover in progress".into(),
+                retry_after: Duration::from_millis(200),
+            };
+        }
         let epoch = self.forwarding_epoch.load(Ordering::Acquire);
         if epoch != 0 {
             return RwRoute::Local {
@@ -85,6 +98,9 @@ impl RouteOracle for NodeOracle {
         }
     }
 
+    /// While a switchover drains, no client packet is forwarded: the proxy holds it for up to
+    /// its lease pause (as for a short lease lapse). If the drain is undone in that time the
+    /// packet goes on; if the switchover completes, the master change closes the session.
     fn may_forward(&self, epoch: MasterEpoch) -> bool {
         if crate::planted::active(crate::planted::Bug::SkipLease) {
             // Planted bug (test builds only): a connection opened under a master keeps
@@ -92,6 +108,7 @@ impl RouteOracle for NodeOracle {
             return epoch.0 != 0;
         }
         epoch.0 != 0
+            && !self.gate.draining()
             && self.forwarding_epoch.load(Ordering::Acquire) == epoch.0
             && self.log.holds_lease()
     }
@@ -151,6 +168,7 @@ pub async fn start(
     log: LogHandle,
     roles: watch::Receiver<RoleSnapshot>,
     net: PeerNet,
+    gate: SwitchoverGate,
     shutdown: CancellationToken,
 ) -> Result<Arc<ProxyHandle>, String> {
     let me = cfg.me();
@@ -161,6 +179,7 @@ pub async fn start(
         roles: roles.clone(),
         forwarding_epoch: AtomicU64::new(0),
         generation,
+        gate,
     });
     let proxy_cfg = ProxyConfig {
         rw_listen: me.rw,

@@ -55,6 +55,7 @@ impl LogRuntime {
             loop_at: AtomicU64::new(0),
             lease_margin: cfg.log.lease_margin,
             fatal: Mutex::new(None),
+            votes_held_off: AtomicU64::new(0),
         });
         let thread_peers = peers.clone();
         let thread_published = published.clone();
@@ -313,6 +314,9 @@ impl<S: LogStore> Driver<S> {
         match self.core.step(from, msg, BootInstant::now())? {
             StepOutcome::Stepped => {}
             StepOutcome::VoteHeldOff => {
+                self.published
+                    .votes_held_off
+                    .fetch_add(1, Ordering::Relaxed);
                 debug!(peer = %from, ?t, "vote request ignored during the vote hold-off")
             }
             StepOutcome::Ignored(why) => debug!(peer = %from, ?t, %why, "raft message ignored"),

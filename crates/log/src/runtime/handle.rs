@@ -79,6 +79,9 @@ pub(crate) struct Published {
     pub loop_at: AtomicU64,
     pub lease_margin: Duration,
     pub fatal: Mutex<Option<String>>,
+    /// Vote and pre-vote requests this node dropped because of the vote hold-off (DESIGN §6
+    /// invariant 9), since the process started: makes the hold-off observable from outside.
+    pub votes_held_off: AtomicU64,
 }
 
 /// Handle to a running log. Cheap to clone; every method is safe to call from any task.
@@ -166,6 +169,11 @@ impl LogHandle {
         let alive = BootInstant(self.published.loop_at.load(Ordering::Acquire))
             .add(self.published.lease_margin);
         Some(BootInstant(until).min(alive))
+    }
+
+    /// Vote and pre-vote requests dropped during the vote hold-off since this process started.
+    pub fn votes_held_off(&self) -> u64 {
+        self.published.votes_held_off.load(Ordering::Relaxed)
     }
 
     /// True while this node holds the lease now.

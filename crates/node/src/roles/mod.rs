@@ -15,13 +15,14 @@
 //! is always safe, an attempt to undo half a promotion is not obviously so.
 
 pub mod rejoin;
+pub mod switchover;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quorumsql_log::runtime::LogHandle;
 use quorumsql_log::{Command, Epoch, Gtid, GtidState, NodeId, Outcome, Role as RaftRole};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -29,6 +30,9 @@ use crate::capture::{Capture, CaptureConfig, CaptureHandle, Credentials, Endpoin
 use crate::config::{capture_server_id, NodeConfig};
 use crate::mariadb::{Consequence, Mariadb};
 use crate::sql::SqlConn;
+use switchover::{
+    SwitchoverError, SwitchoverGate, SwitchoverReport, SwitchoverRequest, SwitchoverTiming,
+};
 
 /// What this node's mariadbd is right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -85,6 +89,7 @@ pub struct RolesTiming {
     pub canary_every: Duration,
     /// Longer than this without a lease, a master fences (a shorter lapse only pauses the proxy).
     pub lease_lapse_fence: Duration,
+    pub switchover: SwitchoverTiming,
 }
 
 impl RolesTiming {
@@ -97,6 +102,16 @@ impl RolesTiming {
             stall_timeout: Duration::from_secs(10),
             canary_every: Duration::from_secs(1),
             lease_lapse_fence: tick * cfg.raft.election_ticks_max as u32,
+            switchover: SwitchoverTiming {
+                // Half the proxy's lease pause (the same election_timeout_max): an undone
+                // drain releases held packets well before the proxy would fail them.
+                drain: tick * cfg.raft.election_ticks_max as u32 / 2,
+                read_only: Duration::from_secs(1),
+                // raft-rs abandons a transfer after an election timeout; twice the longest one
+                // leaves room for the transferee to catch up its log first.
+                transfer: tick * cfg.raft.election_ticks_max as u32 * 2,
+                poll: Duration::from_millis(10),
+            },
         }
     }
 }
@@ -112,6 +127,10 @@ enum FenceReason {
     /// mariadbd could not be started or configured as a replica; try again from scratch.
     StartFailed(String),
     MariadbExited,
+    /// A planned switchover handed leadership to this node.
+    SwitchedOver(NodeId),
+    /// A planned switchover could not finish safely (DESIGN §3: fence when a commit still waits).
+    SwitchoverStuck(String),
 }
 
 impl std::fmt::Display for FenceReason {
@@ -124,6 +143,10 @@ impl std::fmt::Display for FenceReason {
             FenceReason::PromotionFailed(e) => write!(f, "promotion failed: {e}"),
             FenceReason::StartFailed(e) => write!(f, "start as a replica failed: {e}"),
             FenceReason::MariadbExited => write!(f, "mariadbd exited"),
+            FenceReason::SwitchedOver(to) => {
+                write!(f, "planned switchover: {to} is the new master")
+            }
+            FenceReason::SwitchoverStuck(e) => write!(f, "planned switchover: {e}"),
         }
     }
 }
@@ -161,6 +184,10 @@ pub struct Roles {
     priority: i64,
     /// A master that could not serve keeps its priority at 0 until then.
     low_priority_until: Option<Instant>,
+    /// Switchover requests from the admin port (master only; others answer from the admin).
+    switchover_rx: Option<mpsc::Receiver<SwitchoverRequest>>,
+    /// Raised while a switchover drains this master (read by the proxy per client packet).
+    gate: SwitchoverGate,
 }
 
 impl Roles {
@@ -189,7 +216,21 @@ impl Roles {
             verified,
             priority: 1,
             low_priority_until: None,
+            switchover_rx: None,
+            gate: SwitchoverGate::default(),
         }
+    }
+
+    /// Lets the master accept planned switchovers from `requests`; `gate` is the one the proxy's
+    /// oracle reads.
+    pub fn with_switchover(
+        mut self,
+        requests: mpsc::Receiver<SwitchoverRequest>,
+        gate: SwitchoverGate,
+    ) -> Roles {
+        self.switchover_rx = Some(requests);
+        self.gate = gate;
+        self
     }
 
     fn publish(&self, f: impl FnOnce(&mut RoleSnapshot)) {
@@ -325,6 +366,7 @@ impl Roles {
             if self.mariadb_exited() {
                 return ReplicaExit::Restart("mariadbd exited".into());
             }
+            self.refuse_switchovers();
             let st = self.log.status();
             if st.role == RaftRole::Leader && !st.transferring {
                 let epoch = st.master.map(|(_, e)| e.0).unwrap_or(0);
@@ -411,6 +453,8 @@ impl Roles {
     // ----- promotion (DESIGN §3, steps 1–8, in this order) --------------------------------
 
     async fn promote(&mut self, term: u64) -> Result<(), FenceReason> {
+        // A gate left raised by an earlier switchover of this node must not stop the new term.
+        self.gate.set(false);
         self.set_role(Role::Promoting, vec![]);
         info!(term, "promotion starts");
         let deadline = Instant::now() + self.timing.promotion_timeout;
@@ -465,14 +509,17 @@ impl Roles {
             }
             tokio::time::sleep(self.timing.poll).await;
         }
+        info!(term, gtid = %target, "promotion: mariadbd has applied the whole log");
         // The rejoin check again, now that the history is complete.
         self.rejoin_check(false)
             .await
             .map_err(|e| FenceReason::PromotionFailed(format!("{e:?}")))?;
+        info!(term, "promotion: rejoin check passed");
         // 3. Stop replication.
         self.exec("STOP SLAVE")
             .await
             .map_err(FenceReason::PromotionFailed)?;
+        info!(term, "promotion: replication stopped");
         // 4. Semi-sync master on (the other §5 settings are in the option file).
         self.exec("SET GLOBAL rpl_semi_sync_master_enabled = ON")
             .await
@@ -616,6 +663,53 @@ impl Roles {
                 }
                 None => {}
             }
+            if let Some(req) = self
+                .switchover_rx
+                .as_mut()
+                .and_then(|rx| rx.try_recv().ok())
+            {
+                // The canary's commit waits for its ACK like a client's: let it finish, and
+                // start no other until the switchover is decided.
+                if let Some((started, mut task)) = canary.take() {
+                    match tokio::time::timeout(self.timing.switchover.drain, &mut task).await {
+                        Ok(Ok(Ok(n))) => {
+                            no_tx = Some(n);
+                            next_canary = started + self.timing.canary_every;
+                        }
+                        Ok(Ok(Err(e))) => {
+                            let _ = req.reply.send(Err(SwitchoverError::MasterLost(format!(
+                                "canary commit failed: {e}"
+                            ))));
+                            break FenceReason::CanaryStalled(e);
+                        }
+                        Ok(Err(e)) => {
+                            let _ = req
+                                .reply
+                                .send(Err(SwitchoverError::Internal(format!("canary task: {e}"))));
+                            break FenceReason::CanaryStalled(format!("canary task: {e}"));
+                        }
+                        Err(_) => {
+                            let _ = req.reply.send(Err(SwitchoverError::DrainTimeout {
+                                me: self.me.0,
+                                waited: self.timing.switchover.drain,
+                                running: "the master's own canary commit".into(),
+                            }));
+                            canary = Some((started, task));
+                            continue;
+                        }
+                    }
+                }
+                let (result, exit) = self.switchover(epoch, req.to).await;
+                match &result {
+                    Ok(r) => info!(?r, "switchover done"),
+                    Err(e) => warn!(%e, "switchover failed"),
+                }
+                let _ = req.reply.send(result);
+                if let Some(reason) = exit {
+                    break reason;
+                }
+                continue;
+            }
             // Bounded: a mariadbd slowed down by client load must not delay the checks above.
             match tokio::time::timeout(
                 Duration::from_millis(300),
@@ -693,6 +787,258 @@ impl Roles {
             .collect())
     }
 
+    // ----- planned switchover (DESIGN §3; the steps are explained in switchover.rs) -------
+
+    /// Answers queued switchover requests of a node that is not (or no longer) the master.
+    fn refuse_switchovers(&mut self) {
+        let Some(rx) = self.switchover_rx.as_mut() else {
+            return;
+        };
+        while let Ok(req) = rx.try_recv() {
+            let master = self.log.status().master.map(|(n, _)| n.0);
+            let _ = req.reply.send(Err(SwitchoverError::NotMaster {
+                me: self.me.0,
+                master: master.filter(|m| *m != self.me.0),
+            }));
+        }
+    }
+
+    /// Runs one switchover as master of `epoch`. Returns the answer for the operator and, when
+    /// this node must stop being master, why (the caller fences).
+    async fn switchover(
+        &mut self,
+        epoch: Epoch,
+        to: NodeId,
+    ) -> (
+        Result<SwitchoverReport, SwitchoverError>,
+        Option<FenceReason>,
+    ) {
+        let t = self.timing.switchover.clone();
+        let me = self.me;
+        let still_master = |log: &LogHandle| {
+            let st = log.status();
+            st.role == RaftRole::Leader && st.term == epoch.0 && st.master == Some((me, epoch))
+        };
+        if !still_master(&self.log) {
+            let master = self.log.status().master.map(|(n, _)| n.0);
+            return (
+                Err(SwitchoverError::NotMaster {
+                    me: me.0,
+                    master: master.filter(|m| *m != me.0),
+                }),
+                None,
+            );
+        }
+        if to == me {
+            return (Err(SwitchoverError::AlreadyMaster(me.0)), None);
+        }
+        let st = self.log.status();
+        if !st.peers.iter().any(|p| p.node == to && p.voter) {
+            return (Err(SwitchoverError::NoSuchNode(to.0)), None);
+        }
+        if !self
+            .log
+            .peers()
+            .peer_status(to)
+            .is_some_and(|p| p.connected)
+        {
+            return (
+                Err(SwitchoverError::TargetNotReady {
+                    node: to.0,
+                    why: "the master has no peer connection to it".into(),
+                }),
+                None,
+            );
+        }
+        info!(target = %to, "switchover: draining");
+
+        // 1. Drain: no new client packet is forwarded; wait for running statements.
+        let drain_started = Instant::now();
+        self.gate.set(true);
+        let drained = loop {
+            tokio::time::sleep(t.poll).await;
+            let running =
+                match tokio::time::timeout(t.drain, self.running_client_statements()).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => break Err(SwitchoverError::Internal(e)),
+                    Err(_) => {
+                        self.admin = None;
+                        break Err(SwitchoverError::Internal(format!(
+                            "information_schema.PROCESSLIST did not answer within {:?}",
+                            t.drain
+                        )));
+                    }
+                };
+            if running.is_empty() {
+                break Ok(drain_started.elapsed());
+            }
+            if !still_master(&self.log) {
+                break Err(SwitchoverError::MasterLost(
+                    "raft leadership or term changed while draining".into(),
+                ));
+            }
+            if drain_started.elapsed() >= t.drain {
+                break Err(SwitchoverError::DrainTimeout {
+                    me: me.0,
+                    waited: drain_started.elapsed(),
+                    running: running.join("; "),
+                });
+            }
+        };
+        let drain = match drained {
+            Ok(d) => d,
+            Err(e) => {
+                // Nothing was changed in mariadbd: held packets go on. (A lost master fences
+                // through the master loop's own checks.)
+                self.gate.set(false);
+                return (Err(e), None);
+            }
+        };
+
+        // 2. read_only=ON; it waits for every commit still in progress, so when it returns
+        //    nothing waits for an ACK. Not returning in time means something does: fence.
+        let ro_started = Instant::now();
+        match tokio::time::timeout(t.read_only, self.exec("SET GLOBAL read_only = ON")).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.gate.set(false);
+                return (
+                    Err(SwitchoverError::Internal(format!(
+                        "cannot set read_only: {e}; writes resumed, nothing was changed"
+                    ))),
+                    None,
+                );
+            }
+            Err(_) => {
+                self.admin = None;
+                let why = format!(
+                    "SET GLOBAL read_only = ON did not complete within {:?}: a commit still waits for its ACK",
+                    t.read_only
+                );
+                return (
+                    Err(SwitchoverError::Fenced(why.clone())),
+                    Some(FenceReason::SwitchoverStuck(why)),
+                );
+            }
+        }
+        let read_only = ro_started.elapsed();
+        match tokio::time::timeout(t.read_only, self.sessions_waiting_for_ack()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => {
+                let why =
+                    format!("{n} session(s) still wait for a semi-sync ACK after read_only=ON");
+                return (
+                    Err(SwitchoverError::Fenced(why.clone())),
+                    Some(FenceReason::SwitchoverStuck(why)),
+                );
+            }
+            Ok(Err(e)) => {
+                let why = format!("cannot check for commits waiting for an ACK: {e}");
+                return (
+                    Err(SwitchoverError::Fenced(why.clone())),
+                    Some(FenceReason::SwitchoverStuck(why)),
+                );
+            }
+            Err(_) => {
+                let why = "the check for commits waiting for an ACK did not answer".to_string();
+                return (
+                    Err(SwitchoverError::Fenced(why.clone())),
+                    Some(FenceReason::SwitchoverStuck(why)),
+                );
+            }
+        }
+        if !still_master(&self.log) {
+            return (
+                Err(SwitchoverError::MasterLost(
+                    "raft leadership or term changed before the transfer".into(),
+                )),
+                Some(FenceReason::LostLeadership),
+            );
+        }
+
+        // 3. transfer_leader: the log voids the lease before anything is sent. No undo after
+        //    this point; the lease is not taken again in this term.
+        info!(target = %to, ?drain, ?read_only, "switchover: transferring leadership");
+        let transfer_started = Instant::now();
+        if let Err(e) = self.log.transfer_leader(to).await {
+            let why = format!("transfer_leader to {to}: {e}");
+            return (
+                Err(SwitchoverError::Fenced(why.clone())),
+                Some(FenceReason::SwitchoverStuck(why)),
+            );
+        }
+        loop {
+            let st = self.log.status();
+            if st.role != RaftRole::Leader || st.term != epoch.0 {
+                break;
+            }
+            if transfer_started.elapsed() >= t.transfer {
+                let why = format!(
+                    "leadership did not move to {to} within {:?} (the transferee did not win its election)",
+                    t.transfer
+                );
+                return (
+                    Err(SwitchoverError::Fenced(why.clone())),
+                    Some(FenceReason::SwitchoverStuck(why)),
+                );
+            }
+            tokio::time::sleep(t.poll).await;
+        }
+        let report = SwitchoverReport {
+            from: me.0,
+            to: to.0,
+            epoch: epoch.0,
+            drain_ms: drain.as_millis() as u64,
+            read_only_ms: read_only.as_millis() as u64,
+            transfer_ms: transfer_started.elapsed().as_millis() as u64,
+        };
+        // 4. The normal demotion path: fence (SIGKILL) and restart as a replica.
+        (Ok(report), Some(FenceReason::SwitchedOver(to)))
+    }
+
+    /// Client statements mariadbd is running now, one line each (for the operator when the
+    /// drain times out). Sessions that are idle, still logging in (their handshake packets are
+    /// held by the proxy too), replication dumps (capture) and server threads do not count.
+    async fn running_client_statements(&mut self) -> Result<Vec<String>, String> {
+        let rows = self
+            .query(
+                "SELECT ID, USER, COMMAND, TIME, STATE, LEFT(INFO, 80) FROM information_schema.PROCESSLIST \
+                 WHERE ID <> CONNECTION_ID() AND USER <> 'system user' \
+                 AND COMMAND NOT IN ('Sleep', 'Daemon', 'Binlog Dump', 'Connect', 'Killed')",
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let v = |i: usize| r.get_idx(i).unwrap_or("").to_string();
+                format!(
+                    "id {} user {} {} for {} s, state {:?}: {:?}",
+                    v(0),
+                    v(1),
+                    v(2),
+                    v(3),
+                    v(4),
+                    v(5)
+                )
+            })
+            .collect())
+    }
+
+    /// Sessions in mariadbd's semi-sync wait (read from the processlist: `SHOW STATUS` can
+    /// block behind commits).
+    async fn sessions_waiting_for_ack(&mut self) -> Result<usize, String> {
+        let n = self
+            .query_one(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                 WHERE STATE LIKE '%semi-sync ACK%'",
+            )
+            .await?;
+        n.as_deref()
+            .unwrap_or("0")
+            .parse()
+            .map_err(|e| format!("processlist count {n:?}: {e}"))
+    }
+
     // ----- fencing and divergence ---------------------------------------------------------
 
     /// Stops everything that could let a commit through, records what mariadbd was running,
@@ -722,6 +1068,10 @@ impl Roles {
         self.admin = None;
         self.sigkill_mariadb();
         self.publish(|s| s.mariadb_pid = None);
+        // Only now: with mariadbd dead nothing can be forwarded to it, and the next promotion
+        // of this node must find the gate down.
+        self.gate.set(false);
+        self.refuse_switchovers();
         // A master that could not serve hands leadership on (to anyone a majority elects).
         if self.log.status().role == RaftRole::Leader {
             if let Some(to) = self.best_peer() {
