@@ -638,8 +638,18 @@ fn compaction_keeps_what_healthy_members_need_and_flags_members_behind() {
     c.nodes[l]
         .propose(ProposalId(101), report(b, 15, true))
         .unwrap();
+    // The lagging member is diverged: it needs a rebuild anyway and does not hold the log
+    // (an unhealthy but not diverged one would: see retention).
     c.nodes[l]
-        .propose(ProposalId(102), report(lag, 5, false))
+        .propose(
+            ProposalId(102),
+            Command::MemberReport {
+                node: lag,
+                applied_gtid: Some(Gtid::new(0, 1, 5)),
+                healthy: false,
+                diverged: true,
+            },
+        )
         .unwrap();
     c.run(20);
     for i in 0..3 {

@@ -2,13 +2,15 @@
 //!
 //! Every node compacts its own log, but all of them decide from the replicated state machine
 //! (the `MemberReport`s it applied and its membership), so they agree on the point. The rule:
-//! - never past the smallest GTID applied by the mariadbd of any *healthy* member (one that
-//!   reported healthy and not diverged): a healthy member must be able to catch up from the log;
+//! - never past the smallest GTID applied by the mariadbd of any member that is not diverged,
+//!   healthy or not: an unhealthy member is usually one that is restarting or catching up, and
+//!   compacting past it would strand it (it would need a rebuild to come back). A member that is
+//!   down for long is bounded by the size cap below, not by this rule;
 //! - never past what a *majority* of the voters' mariadbds reported applied, so the log alone
-//!   still holds every transaction that is not yet on a majority of databases even while most
-//!   members are unhealthy (their reports are excluded from the first rule);
-//! - a member with no report, a diverged one, or one whose GTID is not in the log's domain counts
-//!   as having applied nothing; no healthy member at all keeps everything.
+//!   still holds every transaction that is not yet on a majority of databases;
+//! - a member with no report is ignored by the first rule; a diverged one (it needs a rebuild
+//!   anyway), or one whose GTID is not in the log's domain, counts as having applied nothing; no
+//!   eligible member at all keeps everything.
 //!
 //! The size cap (`max_retained_entries` of [`crate::LogCore::compact`]) overrides this rule; the
 //! members it leaves behind show up in `LogStatus::needs_rebuild`.
@@ -68,7 +70,7 @@ pub fn keep_after_of(
     let mut floor: Option<Gtid> = None;
     let mut any_healthy = false;
     for n in everyone {
-        let healthy = members.get(&n).is_some_and(|m| m.healthy && !m.diverged);
+        let healthy = members.get(&n).is_some_and(|m| !m.diverged);
         if !healthy {
             continue;
         }
@@ -143,7 +145,8 @@ mod tests {
     }
 
     #[test]
-    fn unhealthy_and_diverged_members_do_not_hold_the_log() {
+    fn diverged_members_do_not_hold_the_log_but_unhealthy_ones_do() {
+        // Node 2 is restarting (unhealthy): compacting past 5 would strand it.
         let ms = members(&[
             (1, m(Some(100), true, false)),
             (2, m(Some(5), false, false)),
@@ -151,17 +154,28 @@ mod tests {
             (4, m(Some(1), true, true)),
             (5, m(Some(95), true, false)),
         ]);
-        assert_eq!(keep_after_of(&ms, &voters(&[1, 2, 3, 4, 5])), Some(g(90)));
+        assert_eq!(keep_after_of(&ms, &voters(&[1, 2, 3, 4, 5])), Some(g(5)));
+        // Diverged node 4 alone does not hold it.
+        let ms = members(&[
+            (1, m(Some(100), true, false)),
+            (3, m(Some(90), true, false)),
+            (4, m(Some(1), true, true)),
+            (5, m(Some(95), true, false)),
+        ]);
+        assert_eq!(keep_after_of(&ms, &voters(&[1, 3, 4, 5])), Some(g(90)));
     }
 
     #[test]
     fn never_past_what_a_majority_applied() {
-        // Only node 1 is healthy: its own position would allow compacting everything, but the
-        // two unhealthy members (a majority) applied only up to 30 and 20.
+        // Nodes 2 and 3 never reported: node 1's own position would allow compacting
+        // everything, but no majority applied anything.
+        let ms = members(&[(1, m(Some(100), true, false))]);
+        assert_eq!(keep_after_of(&ms, &voters(&[1, 2, 3])), None);
+        // Node 3 is diverged (applied nothing for the majority rule); the majority point is 30.
         let ms = members(&[
             (1, m(Some(100), true, false)),
-            (2, m(Some(30), false, false)),
-            (3, m(Some(20), false, false)),
+            (2, m(Some(30), true, false)),
+            (3, m(Some(20), false, true)),
         ]);
         assert_eq!(keep_after_of(&ms, &voters(&[1, 2, 3])), Some(g(30)));
         // A diverged member counts as having applied nothing.
@@ -183,7 +197,7 @@ mod tests {
             (2, m(Some(100), true, false)),
             (3, m(Some(100), true, false)),
             (4, m(Some(10), false, false)),
-            (5, m(None, false, false)),
+            (5, m(Some(60), true, false)),
         ]);
         let joint = Membership {
             voters: vec![NodeId(1), NodeId(4), NodeId(5)],
@@ -194,7 +208,7 @@ mod tests {
     }
 
     #[test]
-    fn keeps_everything_without_a_healthy_position() {
+    fn keeps_everything_without_an_eligible_position() {
         let ms = members(&[
             (1, m(Some(100), true, false)),
             (2, m(None, true, false)),
@@ -202,9 +216,9 @@ mod tests {
         ]);
         assert_eq!(keep_after_of(&ms, &voters(&[1, 2, 3])), None);
         let ms = members(&[
-            (1, m(Some(100), false, false)),
-            (2, m(Some(100), false, false)),
-            (3, m(Some(100), false, false)),
+            (1, m(Some(100), false, true)),
+            (2, m(Some(100), false, true)),
+            (3, m(Some(100), false, true)),
         ]);
         assert_eq!(keep_after_of(&ms, &voters(&[1, 2, 3])), None);
         assert_eq!(keep_after_of(&BTreeMap::new(), &voters(&[1, 2, 3])), None);

@@ -366,7 +366,7 @@ async fn member_reports_drive_compaction_and_flag_a_lagging_member() {
     let lagging = c.nodes[f2].status().id;
     leader.report_member(g(30), true, false);
     c.nodes[f1].report_member(g(20), true, false);
-    c.nodes[f2].report_member(g(10), false, false);
+    c.nodes[f2].report_member(g(10), false, true);
     for (i, n) in c.nodes.iter().enumerate() {
         wait_for(
             "compaction below the smallest healthy applied GTID",
