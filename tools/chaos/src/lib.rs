@@ -3,13 +3,17 @@
 //! recorded histories with `quorumsql-chaos-check`.
 //!
 //! ```text
+//! cluster    the system under test: QuorumSQL (`nodes`) or Galera (`galera`), same levers
 //! net        network namespaces + bridge, partitions as blackhole routes; or loopback
 //! nodes      configs and `quorumsql node` processes; kill / pause / restart levers
+//! galera     `--target galera`: a MariaDB Galera cluster in the same namespaces
 //! nemesis    the seeded fault schedule and how each fault is applied and healed
 //! workload   clients: register, bank, set, list-append; records every operation
 //! runner     one run end to end: start, load, break, heal, quiet, final reads, check, report
 //! ```
 
+pub mod cluster;
+pub mod galera;
 pub mod nemesis;
 pub mod net;
 pub mod nodes;

@@ -46,13 +46,18 @@ struct Args {
     /// Output directory (history, schedule, node logs, report, picture).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// What to test: quorumsql (galera is not built yet).
+    /// What to test: quorumsql, or galera (MariaDB Galera from Debian's galera-4, same faults
+    /// and workloads, for comparison).
     #[arg(long, default_value = "quorumsql")]
     target: String,
     /// netns: one network namespace per node (needs root and iproute2; partitions work);
     /// loopback: every node on 127.0.0.1 (no partitions).
     #[arg(long, default_value = "netns")]
     net: String,
+    /// Names and subnet of this run's namespaces (`qsc<K>-n1`…, 10.77.K.0/24): runs with
+    /// different ids can share a machine.
+    #[arg(long, default_value_t = 0)]
+    net_id: u8,
     /// The quorumsql binary (default: the one next to this program).
     #[arg(long)]
     binary: Option<PathBuf>,
@@ -86,11 +91,13 @@ fn config(args: Args) -> Result<RunConfig, String> {
             args.nodes
         ));
     }
-    if args.target != "quorumsql" {
-        return Err(format!(
-            "--target {}: only `quorumsql` is implemented so far (the Galera target is open work)",
-            args.target
-        ));
+    let system = match args.target.as_str() {
+        "quorumsql" => runner::System::Quorumsql,
+        "galera" => runner::System::Galera,
+        o => return Err(format!("--target {o}: use quorumsql or galera")),
+    };
+    if system == runner::System::Galera && args.planted_bug.is_some() {
+        return Err("--planted-bug applies to quorumsql nodes only".into());
     }
     let net = match args.net.as_str() {
         "netns" => NetMode::Netns,
@@ -121,6 +128,7 @@ fn config(args: Args) -> Result<RunConfig, String> {
             .unwrap_or_else(|| PathBuf::from("target/release/quorumsql")),
     };
     Ok(RunConfig {
+        system,
         nodes: args.nodes,
         duration: args.duration,
         quiet: args.quiet,
@@ -132,6 +140,7 @@ fn config(args: Args) -> Result<RunConfig, String> {
         out,
         binary,
         net,
+        net_id: args.net_id,
         planted_bug: args.planted_bug,
     })
 }

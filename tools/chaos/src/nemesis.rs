@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::nodes::QuorumCluster;
+use crate::cluster::Cluster;
 
 /// What a nemesis can do. `--nemesis` takes these names (or `all`, `none`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -131,7 +131,7 @@ pub struct Applied {
 /// Runs the schedule against the cluster. Every fault is healed before the next one starts,
 /// and everything is healed when `stop` fires or the schedule ends.
 pub async fn run(
-    cluster: Arc<QuorumCluster>,
+    cluster: Arc<Cluster>,
     plan: Vec<Planned>,
     run_start: Instant,
     phase_start: Instant,
@@ -186,7 +186,7 @@ async fn hold(d: Duration, stop: &CancellationToken) {
 }
 
 /// The master if there is one (70 % of the time when `prefer_master`), else a random node.
-async fn pick(cluster: &QuorumCluster, rng: &mut StdRng, prefer_master: bool) -> NodeIndex {
+async fn pick(cluster: &Cluster, rng: &mut StdRng, prefer_master: bool) -> NodeIndex {
     let nodes = cluster.nodes();
     if prefer_master && rng.gen_bool(0.7) {
         if let Some(m) = cluster.master().await {
@@ -197,7 +197,7 @@ async fn pick(cluster: &QuorumCluster, rng: &mut StdRng, prefer_master: bool) ->
 }
 
 async fn apply(
-    cluster: &Arc<QuorumCluster>,
+    cluster: &Arc<Cluster>,
     p: &Planned,
     rng: &mut StdRng,
     binary: &std::path::Path,
@@ -208,16 +208,16 @@ async fn apply(
         Nemesis::Kill => {
             let n = pick(cluster, rng, true).await;
             let what = if rng.gen_bool(0.5) {
-                match cluster.kill_mariadbd(n).await {
+                match cluster.kill_db(n).await {
                     Some(pid) => format!("kill -9 mariadbd of node{n} (pid {pid})"),
                     None => {
-                        cluster.kill_quorumsql(n);
-                        format!("kill -9 quorumsql of node{n} (its mariadbd pid was unknown)")
+                        cluster.kill_node(n);
+                        format!("kill -9 node{n} (its mariadbd pid was unknown)")
                     }
                 }
             } else {
-                cluster.kill_quorumsql(n);
-                format!("kill -9 quorumsql of node{n}")
+                cluster.kill_node(n);
+                format!("kill -9 node{n} ({})", cluster.name())
             };
             hold(p.duration, stop).await;
             (format!("{what}; restarted after {:?}", p.duration), vec![n])
@@ -235,7 +235,15 @@ async fn apply(
             hold(p.duration, stop).await;
             cluster.resume(n);
             (
-                format!("SIGSTOP quorumsql of node{n} for {:?}", p.duration),
+                format!(
+                    "SIGSTOP {} of node{n} for {:?}",
+                    if cluster.name() == "galera" {
+                        "mariadbd"
+                    } else {
+                        "quorumsql"
+                    },
+                    p.duration
+                ),
                 vec![n],
             )
         }
@@ -313,10 +321,10 @@ async fn apply(
         }
         Nemesis::RestartAll => {
             for &n in &all {
-                cluster.kill_quorumsql(n);
+                cluster.kill_node(n);
             }
             hold(Duration::from_secs(1), stop).await;
-            if let Err(e) = cluster.start_all() {
+            if let Err(e) = cluster.start_down() {
                 tracing::error!("restart all: {e}");
             }
             hold(p.duration, stop).await;
@@ -326,21 +334,24 @@ async fn apply(
             let old = cluster.master().await;
             let Some(old) = old else {
                 hold(p.duration, stop).await;
-                return ("follower-restart skipped (no master)".into(), Vec::new());
+                return (
+                    format!("follower-restart skipped (no master on {})", cluster.name()),
+                    Vec::new(),
+                );
             };
-            cluster.kill_quorumsql(old);
+            cluster.kill_node(old);
             // Wait (bounded) for a new leader, then restart a follower right away.
             let deadline = Instant::now() + Duration::from_secs(6);
             let mut new = None;
             while Instant::now() < deadline && !stop.is_cancelled() {
-                if let Some(st) = cluster
-                    .status(*all.iter().find(|&&n| n != old).unwrap_or(&1))
+                let observer = *all.iter().find(|&&n| n != old).unwrap_or(&1);
+                if let Some(l) = cluster
+                    .leader_seen_by(observer)
                     .await
+                    .filter(|&l| l != u64::from(old))
                 {
-                    if let Some(l) = st.raft_leader.filter(|&l| l != u64::from(old)) {
-                        new = Some(l);
-                        break;
-                    }
+                    new = Some(l);
+                    break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -349,7 +360,7 @@ async fn apply(
                 .copied()
                 .find(|&n| n != old && Some(u64::from(n)) != new);
             if let Some(f) = follower {
-                cluster.kill_quorumsql(f);
+                cluster.kill_node(f);
                 if let Err(e) = cluster.start(f) {
                     tracing::error!("restart follower: {e}");
                 }
@@ -376,13 +387,8 @@ async fn apply(
         }
         Nemesis::Switchover => {
             let master = cluster.master().await;
-            let out = match master.and_then(|m| {
-                cluster
-                    .admin_addrs()
-                    .into_iter()
-                    .find(|(i, _)| *i == u64::from(m))
-            }) {
-                Some((_, admin)) => {
+            let out = match master.and_then(|m| cluster.admin_addr(m)) {
+                Some(admin) => {
                     let out = tokio::process::Command::new(binary)
                         .arg("switchover")
                         .arg("--admin")
@@ -399,7 +405,7 @@ async fn apply(
                         Err(e) => format!("switchover could not run: {e}"),
                     }
                 }
-                None => "switchover skipped (no master)".into(),
+                None => format!("switchover skipped (no master on {})", cluster.name()),
             };
             hold(p.duration, stop).await;
             (out, master.into_iter().collect())
@@ -407,7 +413,7 @@ async fn apply(
     }
 }
 
-fn cut_both(cluster: &QuorumCluster, a: NodeIndex, b: NodeIndex) {
+fn cut_both(cluster: &Cluster, a: NodeIndex, b: NodeIndex) {
     for (x, y) in [(a, b), (b, a)] {
         if let Err(e) = cluster.net().cut(x, y) {
             tracing::error!("partition {x}->{y}: {e}");

@@ -13,11 +13,9 @@ use std::process::Command;
 
 use quorumsql_chaos_check::NodeIndex;
 
-/// Names everything this harness creates start with this prefix, so a crashed run's leftovers
-/// are recognisable and removed by the next run.
-const PREFIX: &str = "qsc";
-const BRIDGE: &str = "qsc-br";
-const SUBNET: [u8; 3] = [10, 77, 0];
+/// Names of everything a run creates start with `qsc<K>-` (K = `--net-id`), so a crashed run's
+/// leftovers are recognisable and removed by the next run with the same K, and runs with
+/// different K (and subnets 10.77.K.0/24) can share a machine.
 const HOST_OCTET: u8 = 254;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +42,7 @@ impl Network {
     /// The address node `i` listens on for clients and peers.
     pub fn node_ip(&self, i: NodeIndex) -> IpAddr {
         match self {
-            Network::Netns(_) => Netns::ip(i),
+            Network::Netns(n) => Netns::ip(n.id, i),
             Network::Loopback => IpAddr::V4(Ipv4Addr::LOCALHOST),
         }
     }
@@ -52,11 +50,11 @@ impl Network {
     /// The command prefix that runs a program inside node `i`'s namespace (empty on loopback).
     pub fn exec_prefix(&self, i: NodeIndex) -> Vec<String> {
         match self {
-            Network::Netns(_) => vec![
+            Network::Netns(n) => vec![
                 "ip".into(),
                 "netns".into(),
                 "exec".into(),
-                Netns::ns_name(i),
+                Netns::ns_name(n.id, i),
             ],
             Network::Loopback => Vec::new(),
         }
@@ -83,8 +81,10 @@ impl Network {
     }
 }
 
-/// Namespaces `qsc-n1..` with `10.77.0.i/24`, bridged to the root namespace at `10.77.0.254`.
+/// Namespaces `qsc<K>-n1..` with `10.77.K.i/24`, bridged to the root namespace at
+/// `10.77.K.254`.
 pub struct Netns {
+    id: u8,
     nodes: Vec<NodeIndex>,
     cuts: std::sync::Mutex<BTreeSet<(NodeIndex, NodeIndex)>>,
 }
@@ -111,17 +111,25 @@ fn run(args: &[&str]) -> Result<String, NetError> {
 }
 
 impl Netns {
-    pub fn ns_name(i: NodeIndex) -> String {
-        format!("{PREFIX}-n{i}")
+    fn prefix(id: u8) -> String {
+        format!("qsc{id}")
     }
 
-    pub fn ip(i: NodeIndex) -> IpAddr {
-        IpAddr::V4(Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], i))
+    pub fn ns_name(id: u8, i: NodeIndex) -> String {
+        format!("{}-n{i}", Self::prefix(id))
+    }
+
+    fn bridge(id: u8) -> String {
+        format!("{}-br", Self::prefix(id))
+    }
+
+    pub fn ip(id: u8, i: NodeIndex) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 77, id, i))
     }
 
     /// Checks that this machine can do it, removes leftovers of an earlier run, and builds the
     /// namespaces, veth pairs and bridge.
-    pub fn create(nodes: &[NodeIndex]) -> Result<Netns, NetError> {
+    pub fn create(id: u8, nodes: &[NodeIndex]) -> Result<Netns, NetError> {
         // SAFETY: geteuid has no preconditions.
         let uid = unsafe { libc::geteuid() };
         if uid != 0 {
@@ -130,28 +138,31 @@ impl Netns {
         run(&["ip", "netns", "list"]).map_err(|e| NetError::NoNetns {
             detail: e.to_string(),
         })?;
-        remove_leftovers();
-        let host = format!("{}.{}.{}.{HOST_OCTET}/24", SUBNET[0], SUBNET[1], SUBNET[2]);
-        run(&["ip", "link", "add", BRIDGE, "type", "bridge"])?;
-        run(&["ip", "addr", "add", &host, "dev", BRIDGE])?;
-        run(&["ip", "link", "set", BRIDGE, "up"])?;
+        remove_leftovers(id);
+        let host = format!("10.77.{id}.{HOST_OCTET}/24");
+        let bridge = Self::bridge(id);
+        let prefix = Self::prefix(id);
+        run(&["ip", "link", "add", &bridge, "type", "bridge"])?;
+        run(&["ip", "addr", "add", &host, "dev", &bridge])?;
+        run(&["ip", "link", "set", &bridge, "up"])?;
         for &i in nodes {
-            let ns = Self::ns_name(i);
-            let inner = format!("{PREFIX}-v{i}");
-            let outer = format!("{PREFIX}-p{i}");
-            let addr = format!("{}/24", Self::ip(i));
+            let ns = Self::ns_name(id, i);
+            let inner = format!("{prefix}-v{i}");
+            let outer = format!("{prefix}-p{i}");
+            let addr = format!("{}/24", Self::ip(id, i));
             run(&["ip", "netns", "add", &ns])?;
             run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
             run(&[
                 "ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner,
             ])?;
             run(&["ip", "link", "set", &inner, "netns", &ns])?;
-            run(&["ip", "link", "set", &outer, "master", BRIDGE])?;
+            run(&["ip", "link", "set", &outer, "master", &bridge])?;
             run(&["ip", "link", "set", &outer, "up"])?;
             run(&["ip", "-n", &ns, "addr", "add", &addr, "dev", &inner])?;
             run(&["ip", "-n", &ns, "link", "set", &inner, "up"])?;
         }
         Ok(Netns {
+            id,
             nodes: nodes.to_vec(),
             cuts: std::sync::Mutex::new(BTreeSet::new()),
         })
@@ -160,11 +171,11 @@ impl Netns {
     fn cut(&self, from: NodeIndex, to: NodeIndex) -> Result<(), NetError> {
         let mut cuts = self.cuts.lock().unwrap_or_else(|p| p.into_inner());
         if cuts.insert((from, to)) {
-            let dst = format!("{}/32", Self::ip(to));
+            let dst = format!("{}/32", Self::ip(self.id, to));
             run(&[
                 "ip",
                 "-n",
-                &Self::ns_name(from),
+                &Self::ns_name(self.id, from),
                 "route",
                 "add",
                 "blackhole",
@@ -178,11 +189,11 @@ impl Netns {
         let mut cuts = self.cuts.lock().unwrap_or_else(|p| p.into_inner());
         let mut first_err = None;
         for (from, to) in std::mem::take(&mut *cuts) {
-            let dst = format!("{}/32", Self::ip(to));
+            let dst = format!("{}/32", Self::ip(self.id, to));
             if let Err(e) = run(&[
                 "ip",
                 "-n",
-                &Self::ns_name(from),
+                &Self::ns_name(self.id, from),
                 "route",
                 "del",
                 "blackhole",
@@ -198,9 +209,9 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         for &i in &self.nodes {
-            kill_namespace_processes(&Self::ns_name(i));
+            kill_namespace_processes(&Self::ns_name(self.id, i));
         }
-        remove_leftovers();
+        remove_leftovers(self.id);
     }
 }
 
@@ -220,18 +231,19 @@ fn kill_namespace_processes(ns: &str) {
     }
 }
 
-/// Removes every namespace and link of this harness, also those of a crashed earlier run.
-pub fn remove_leftovers() {
+/// Removes every namespace and link of runs with this `--net-id`, also a crashed earlier one's.
+pub fn remove_leftovers(id: u8) {
+    let ns_prefix = format!("{}-n", Netns::prefix(id));
     if let Ok(list) = run(&["ip", "netns", "list"]) {
         for ns in list
             .lines()
             .filter_map(|l| l.split_whitespace().next())
-            .filter(|n| n.starts_with(&format!("{PREFIX}-n")))
+            .filter(|n| n.starts_with(&ns_prefix))
         {
             kill_namespace_processes(ns);
             let _ = run(&["ip", "netns", "del", ns]);
         }
     }
     // Deleting a namespace deletes its veth end and with it the peer; the bridge stays.
-    let _ = run(&["ip", "link", "del", BRIDGE]);
+    let _ = run(&["ip", "link", "del", &Netns::bridge(id)]);
 }

@@ -10,10 +10,19 @@ use quorumsql_node::sql::SqlConn;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Cluster;
+use crate::galera::GaleraCluster;
 use crate::nemesis::{self, Applied, Nemesis};
 use crate::net::{Netns, Network};
-use crate::nodes::{describe, QuorumCluster};
+use crate::nodes::QuorumCluster;
 use crate::workload::{self, Recorder, WorkloadConfig, WorkloadKind};
+
+/// Which system the run breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum System {
+    Quorumsql,
+    Galera,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum NetMode {
@@ -24,6 +33,7 @@ pub enum NetMode {
 /// Everything a run needs to know; `main` fills it from the command line.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
+    pub system: System,
     pub nodes: u8,
     /// How long faults are injected (the quiet period and the checks come on top).
     pub duration: Duration,
@@ -37,6 +47,8 @@ pub struct RunConfig {
     pub out: PathBuf,
     pub binary: PathBuf,
     pub net: NetMode,
+    /// Namespace names and subnet of this run (`qsc<K>-…`, 10.77.K.0/24).
+    pub net_id: u8,
     /// A planted bug for the node processes (only a binary built with the `planted-bugs`
     /// feature acts on it); the harness must then find anomalies.
     pub planted_bug: Option<String>,
@@ -121,16 +133,22 @@ fn anomaly(kind: &str, message: String) -> Problem {
 }
 
 pub async fn run(cfg: RunConfig) -> Result<RunSummary, RunError> {
-    if !cfg.binary.is_file() {
+    if cfg.system == System::Quorumsql && !cfg.binary.is_file() {
         return Err(RunError::NoBinary(cfg.binary.clone()));
     }
     std::fs::create_dir_all(&cfg.out).map_err(|source| RunError::Output {
         path: cfg.out.clone(),
         source,
     })?;
+    // Node configs need absolute paths (a node refuses a relative data_dir).
+    let mut cfg = cfg;
+    cfg.out = std::fs::canonicalize(&cfg.out).map_err(|source| RunError::Output {
+        path: cfg.out.clone(),
+        source,
+    })?;
     let node_ids: Vec<u8> = (1..=cfg.nodes).collect();
     let net = match cfg.net {
-        NetMode::Netns => Network::Netns(Netns::create(&node_ids)?),
+        NetMode::Netns => Network::Netns(Netns::create(cfg.net_id, &node_ids)?),
         NetMode::Loopback => Network::Loopback,
     };
     let env = cfg
@@ -138,20 +156,28 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, RunError> {
         .iter()
         .map(|b| ("QUORUMSQL_PLANTED_BUG".to_string(), b.clone()))
         .collect();
-    let cluster = Arc::new(QuorumCluster::configure(
-        &cfg.binary,
-        &cfg.out.join("nodes"),
-        net,
-        cfg.nodes,
-        crate::USER,
-        crate::PASSWORD,
-        env,
-    )?);
-    cluster.start_all()?;
-    let st = cluster
-        .wait_ready(usize::from(cfg.nodes), Duration::from_secs(180))
-        .await?;
-    tracing::info!("cluster up: {}", st.verdict);
+    let nodes_dir = cfg.out.join("nodes");
+    let cluster = Arc::new(match cfg.system {
+        System::Quorumsql => Cluster::Quorum(QuorumCluster::configure(
+            &cfg.binary,
+            &nodes_dir,
+            net,
+            cfg.nodes,
+            crate::USER,
+            crate::PASSWORD,
+            env,
+        )?),
+        System::Galera => Cluster::Galera(GaleraCluster::configure(
+            &nodes_dir,
+            net,
+            cfg.nodes,
+            crate::USER,
+            crate::PASSWORD,
+        )?),
+    });
+    cluster.start_all().await?;
+    let st = cluster.wait_ready(Duration::from_secs(180)).await?;
+    tracing::info!("cluster up: {st}");
 
     let wcfg = WorkloadConfig {
         user: crate::USER.into(),
@@ -170,7 +196,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, RunError> {
     let initial = workload::setup(&cfg.workloads, &wcfg, &targets).await?;
     // RO-port reads may be stale, but not older than the initial state the checkers assume:
     // start the clients once every replica has the setup.
-    if let Err(e) = wait_caught_up(&cluster, Duration::from_secs(60)).await {
+    if let Err(e) = cluster.wait_caught_up(Duration::from_secs(60)).await {
         tracing::warn!("starting the workloads before every replica has the setup: {e}");
     }
 
@@ -222,10 +248,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, RunError> {
     }
 
     // After healing, a majority (here: every node) must be back and serving.
-    match cluster
-        .wait_ready(usize::from(cfg.nodes), cfg.recovery_timeout)
-        .await
-    {
+    match cluster.wait_ready(cfg.recovery_timeout).await {
         Ok(_) => {}
         Err(e) => problems.push(anomaly("no-recovery", e.to_string())),
     }
@@ -243,12 +266,12 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, RunError> {
     problems.extend(convergence(&cluster, cfg.recovery_timeout).await);
 
     let history = recorder.snapshot();
-    finish(&cfg, &initial, history, applied, problems)
+    finish(&cfg, cluster.name(), &initial, history, applied, problems)
 }
 
 /// Every node's mariadbd holds the same data once replication caught up (DESIGN §6 inv. 3).
-async fn convergence(cluster: &QuorumCluster, within: Duration) -> Vec<Problem> {
-    if let Err(e) = wait_caught_up(cluster, within).await {
+async fn convergence(cluster: &Cluster, within: Duration) -> Vec<Problem> {
+    if let Err(e) = cluster.wait_caught_up(within).await {
         return vec![anomaly("not-converged", e)];
     }
     let mut sums: Vec<(u8, Result<Vec<String>, String>)> = Vec::new();
@@ -278,29 +301,6 @@ async fn convergence(cluster: &QuorumCluster, within: Duration) -> Vec<Problem> 
     out
 }
 
-/// Waits until every node is healthy and its mariadbd applied the log's last transaction.
-async fn wait_caught_up(cluster: &QuorumCluster, within: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + within;
-    loop {
-        let st = cluster.cluster_status().await;
-        let last = st.nodes.iter().filter_map(|n| n.last_gtid.clone()).max();
-        let caught_up = st
-            .nodes
-            .iter()
-            .all(|n| n.healthy && last.is_some() && n.applied_gtid.as_deref() == last.as_deref());
-        if caught_up {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "replicas did not catch up within {within:?}: {}",
-                describe(&st)
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 async fn checksums(sock: &Path) -> Result<Vec<String>, String> {
     let mut conn = SqlConn::connect_unix(sock, "root", "")
         .await
@@ -328,6 +328,7 @@ async fn checksums(sock: &Path) -> Result<Vec<String>, String> {
 
 fn finish(
     cfg: &RunConfig,
+    target: &str,
     initial: &Initial,
     mut history: Vec<Op>,
     applied: Vec<Applied>,
@@ -343,7 +344,7 @@ fn finish(
     write(&cfg.out.join("history.jsonl"), &hist)?;
     let spans: Vec<FaultSpan> = applied.iter().map(|a| a.span.clone()).collect();
     let title = format!(
-        "quorumsql chaos: {} nodes, seed {}, nemeses {:?}",
+        "{target} chaos: {} nodes, seed {}, nemeses {:?}",
         cfg.nodes, cfg.seed, cfg.nemeses
     );
     write(
@@ -360,7 +361,7 @@ fn finish(
         ));
     }
     let summary = RunSummary {
-        target: "quorumsql".into(),
+        target: target.into(),
         seed: cfg.seed,
         nodes: cfg.nodes,
         ops: history.len(),

@@ -1,0 +1,185 @@
+//! The system under test, whichever it is: the nemesis and the runner pull the same levers on a
+//! QuorumSQL cluster and on a Galera cluster.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use quorumsql_chaos_check::NodeIndex;
+
+use crate::galera::GaleraCluster;
+use crate::net::Network;
+use crate::nodes::{describe, NodesError, QuorumCluster};
+use crate::workload::Target;
+
+pub enum Cluster {
+    Quorum(QuorumCluster),
+    Galera(GaleraCluster),
+}
+
+impl Cluster {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Cluster::Quorum(_) => "quorumsql",
+            Cluster::Galera(_) => "galera",
+        }
+    }
+
+    pub fn net(&self) -> &Network {
+        match self {
+            Cluster::Quorum(c) => c.net(),
+            Cluster::Galera(c) => c.net(),
+        }
+    }
+
+    pub fn nodes(&self) -> Vec<NodeIndex> {
+        match self {
+            Cluster::Quorum(c) => c.nodes(),
+            Cluster::Galera(c) => c.nodes(),
+        }
+    }
+
+    pub fn targets(&self) -> Vec<Target> {
+        match self {
+            Cluster::Quorum(c) => c.targets(),
+            Cluster::Galera(c) => c.targets(),
+        }
+    }
+
+    pub fn mariadb_socket(&self, i: NodeIndex) -> Option<PathBuf> {
+        match self {
+            Cluster::Quorum(c) => c.mariadb_socket(i),
+            Cluster::Galera(c) => c.mariadb_socket(i),
+        }
+    }
+
+    /// Starts every node for the first time.
+    pub async fn start_all(&self) -> Result<(), NodesError> {
+        match self {
+            Cluster::Quorum(c) => c.start_all(),
+            Cluster::Galera(c) => c.start_all().await,
+        }
+    }
+
+    /// Starts every node that is down (after a crash of some or all).
+    pub fn start_down(&self) -> Result<(), NodesError> {
+        match self {
+            Cluster::Quorum(c) => c.start_all(),
+            Cluster::Galera(c) => c.start_down(),
+        }
+    }
+
+    pub fn start(&self, i: NodeIndex) -> Result<(), NodesError> {
+        match self {
+            Cluster::Quorum(c) => c.start(i),
+            Cluster::Galera(c) => c.start(i),
+        }
+    }
+
+    /// kill -9 of the whole node (QuorumSQL: its quorumsql, whose mariadbd dies with it).
+    pub fn kill_node(&self, i: NodeIndex) {
+        match self {
+            Cluster::Quorum(c) => c.kill_quorumsql(i),
+            Cluster::Galera(c) => c.kill(i),
+        }
+    }
+
+    /// kill -9 of the node's mariadbd only; `None` if its pid was unknown.
+    pub async fn kill_db(&self, i: NodeIndex) -> Option<u32> {
+        match self {
+            Cluster::Quorum(c) => c.kill_mariadbd(i).await,
+            Cluster::Galera(c) => {
+                c.kill(i);
+                Some(0)
+            }
+        }
+    }
+
+    /// SIGSTOP of the node's deciding process (QuorumSQL: quorumsql; Galera: mariadbd).
+    pub fn pause(&self, i: NodeIndex) {
+        match self {
+            Cluster::Quorum(c) => c.pause(i),
+            Cluster::Galera(c) => c.pause(i),
+        }
+    }
+
+    pub fn resume(&self, i: NodeIndex) {
+        match self {
+            Cluster::Quorum(c) => c.resume(i),
+            Cluster::Galera(c) => c.resume(i),
+        }
+    }
+
+    pub fn heal(&self) -> Result<(), NodesError> {
+        match self {
+            Cluster::Quorum(c) => c.heal(),
+            Cluster::Galera(c) => c.heal(),
+        }
+    }
+
+    /// The node writes go to, where there is one (Galera: every node takes writes).
+    pub async fn master(&self) -> Option<NodeIndex> {
+        match self {
+            Cluster::Quorum(c) => c.master().await,
+            Cluster::Galera(_) => None,
+        }
+    }
+
+    /// The raft leader as node `i` sees it (QuorumSQL only).
+    pub async fn leader_seen_by(&self, i: NodeIndex) -> Option<u64> {
+        match self {
+            Cluster::Quorum(c) => c.status(i).await.and_then(|s| s.raft_leader),
+            Cluster::Galera(_) => None,
+        }
+    }
+
+    /// The admin address of node `i` (QuorumSQL only).
+    pub fn admin_addr(&self, i: NodeIndex) -> Option<SocketAddr> {
+        match self {
+            Cluster::Quorum(c) => c
+                .admin_addrs()
+                .into_iter()
+                .find(|(n, _)| *n == u64::from(i))
+                .map(|(_, a)| a),
+            Cluster::Galera(_) => None,
+        }
+    }
+
+    /// Serving with every node healthy; returns a one-line description.
+    pub async fn wait_ready(&self, within: Duration) -> Result<String, NodesError> {
+        match self {
+            Cluster::Quorum(c) => {
+                let n = c.nodes().len();
+                c.wait_ready(n, within).await.map(|s| s.verdict)
+            }
+            Cluster::Galera(c) => c.wait_ready(within).await,
+        }
+    }
+
+    /// Every node's database applied everything (replication caught up).
+    pub async fn wait_caught_up(&self, within: Duration) -> Result<(), String> {
+        match self {
+            Cluster::Quorum(c) => {
+                let deadline = Instant::now() + within;
+                loop {
+                    let st = c.cluster_status().await;
+                    let last = st.nodes.iter().filter_map(|n| n.last_gtid.clone()).max();
+                    let caught_up = st.nodes.iter().all(|n| {
+                        n.healthy && last.is_some() && n.applied_gtid.as_deref() == last.as_deref()
+                    });
+                    if caught_up {
+                        return Ok(());
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(format!(
+                            "replicas did not catch up within {within:?}: {}",
+                            describe(&st)
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+            Cluster::Galera(c) => c.wait_caught_up(within).await,
+        }
+    }
+}
