@@ -140,7 +140,8 @@ async fn lease_fence_master_change_and_no_master() {
     let rw = proxy.rw_addr().port();
 
     // Lease revoked while a client holds a connection: its next packet gets an ERR, the
-    // connection closes, and nothing of it reaches mariadbd.
+    // connection closes, and nothing of it reaches mariadbd. It was a new command and nothing
+    // was in flight: "not executed, retry" (08S01), not "outcome unknown".
     let mut a = Raw::connect(rw, "raw").await;
     let (p, _) = a
         .query("INSERT INTO t.c (v) VALUES ('before')")
@@ -152,8 +153,13 @@ async fn lease_fence_master_change_and_no_master() {
         .command(b"\x03INSERT INTO t.c (v) VALUES ('after-lease-lost')")
         .await
         .unwrap();
-    assert_eq!((p.err_code(), p.err_state().as_str()), (1053, "08007"));
+    assert_eq!((p.err_code(), p.err_state().as_str()), (1053, "08S01"));
     assert!(p.err_message().contains("lease"), "{}", p.err_message());
+    assert!(
+        p.err_message().contains("not executed"),
+        "{}",
+        p.err_message()
+    );
     assert!(read_pkt(&mut a.s).await.is_err(), "connection stays open");
     assert_eq!(
         server.root("SELECT COUNT(*) FROM t.c WHERE v=CONCAT('after-', 'lease-lost')"),
@@ -162,7 +168,8 @@ async fn lease_fence_master_change_and_no_master() {
     assert!(!server.general_log().contains("after-lease-lost"));
     oracle.set_lease(true);
 
-    // A master change closes open RW connections with "outcome unknown".
+    // A master change closes idle RW connections with "nothing was executed" (08S01); only a
+    // command in flight gets "outcome unknown" (proxy_in_flight.rs).
     let mut b = Raw::connect(rw, "raw").await;
     let mut c = Raw::connect(rw, "raw").await;
     oracle.set_rw(RwRoute::Local {
@@ -173,9 +180,9 @@ async fn lease_fence_master_change_and_no_master() {
             .await
             .expect("no error packet after the master change")
             .unwrap();
-        assert_eq!((p.err_code(), p.err_state().as_str()), (1053, "08007"));
+        assert_eq!((p.err_code(), p.err_state().as_str()), (1053, "08S01"));
         assert!(
-            p.err_message().contains("unknown outcome"),
+            p.err_message().contains("nothing was executed"),
             "{}",
             p.err_message()
         );
@@ -274,7 +281,7 @@ async fn lease_fence_master_change_and_no_master() {
     paused_oracle.set_lease(false);
     let t = Instant::now();
     let p = s.command(b"\x03SELECT 'never-forwarded'").await.unwrap();
-    assert_eq!((p.err_code(), p.err_state().as_str()), (1053, "08007"));
+    assert_eq!((p.err_code(), p.err_state().as_str()), (1053, "08S01"));
     assert!(
         t.elapsed() >= Duration::from_millis(900),
         "{:?}",
@@ -366,14 +373,14 @@ async fn forwarding_between_two_proxies_keeps_the_client_address() {
         .await
         .expect("no error after master change")
         .unwrap();
-    assert_eq!(p.err_code(), 1053);
-    assert!(p.err_message().contains("unknown outcome"));
+    assert_eq!((p.err_code(), p.err_state().as_str()), (1053, "08S01"));
+    assert!(p.err_message().contains("nothing was executed"));
     // ... and the lease fence at the master applies to forwarded sessions.
     fwd_oracle.set_rw(RwRoute::Forward { to: NodeId(1) });
     let mut s = Raw::connect(frw, "raw").await;
     master_oracle.set_lease(false);
     let p = s.command(b"\x03SELECT 'fenced-forwarded'").await.unwrap();
-    assert_eq!((p.err_code(), p.err_state().as_str()), (1053, "08007"));
+    assert_eq!((p.err_code(), p.err_state().as_str()), (1053, "08S01"));
     assert!(!server.general_log().contains("fenced-forwarded"));
     let fm = forwarder.metrics();
     let mm = master.metrics();
@@ -430,8 +437,9 @@ async fn cli_sessions_see_why_they_were_closed_and_protocol_corners_work() {
         .unwrap()
         .unwrap();
     let err = stderr(&o);
-    assert!(err.contains("ERROR 1053 (08007)"), "{err}");
-    assert!(err.contains("unknown outcome"), "{err}");
+    // The CLI (CLIENT_DEPRECATE_EOF) was idle after a result set: nothing was in flight.
+    assert!(err.contains("ERROR 1053 (08S01)"), "{err}");
+    assert!(err.contains("nothing was executed"), "{err}");
 
     // Multi-statements are switched off (only the first statement is inspected).
     let mut s = Raw::connect(rw, "raw").await;

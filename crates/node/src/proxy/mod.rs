@@ -19,10 +19,23 @@
 //!
 //! Error codes the proxy sends (SQLSTATE class 08 = connection exception, so pools reconnect):
 //! - 1053 / 08S01: no master right now (election, promotion), or this node cannot route; nothing
-//!   was executed; retry. Sent within `ProxyLimits::no_master_wait` of the connect.
-//! - 1053 / 08007 ("transaction resolution unknown"): the master changed or its lease lapsed
-//!   while the connection was open; a statement in flight, a COMMIT in particular, may or may not
-//!   have committed.
+//!   was executed; retry. Sent within `ProxyLimits::no_master_wait` of the connect. Also sent
+//!   when an open RW session is closed (master change, lease lost or a packet held by the
+//!   forwarding rule — e.g. a planned switchover's drain — for longer than the lease pause,
+//!   shutdown) while it has **no command in flight**: it was idle (the last reply was fully
+//!   relayed to the client) or the packet the proxy held is a new command, which never reached
+//!   mariadbd. Nothing was executed; the client may reconnect and retry.
+//! - 1053 / 08007 ("transaction resolution unknown"): the same closes while a command **is in
+//!   flight**: forwarded to mariadbd with its reply not fully relayed. It may or may not have
+//!   committed (a COMMIT waiting for its semi-sync ACK in particular). The relay claims "not in
+//!   flight" only when it followed the reply to its last packet (OK / ERR, result sets with or
+//!   without `CLIENT_DEPRECATE_EOF`, more results of a `CALL`, prepare definitions); whatever it
+//!   cannot follow — pipelined commands, cursors, `LOAD DATA LOCAL INFILE` until its final OK,
+//!   `COM_STMT_SEND_LONG_DATA` (no reply) until the next reply, rare commands — counts as in
+//!   flight (`reply` has the rule). A forwarding proxy follows its sessions the same way; on a
+//!   master change it closes idle ones at once and gives the others up to the lease pause plus
+//!   1 s for the master's proxy, which knows whether the command reached mariadbd, to answer.
+//!   [`ProxyHandle::rw_in_flight`] counts the local RW sessions with a command in flight.
 //! - 1927 / 08007: closed by `KILL` through the proxy (outcome of its statement unknown).
 //! - 1040 / 08004 too many connections; 1043 / 08S01 bad or stalled handshake or a TLS request;
 //!   1159 / 08S01 idle timeout; 1235 / 42000 statement refused (the connection stays open).
@@ -44,6 +57,7 @@ pub mod proxy_v2;
 mod refusal;
 mod registry;
 mod relay;
+mod reply;
 mod server;
 pub mod statement;
 
@@ -126,7 +140,7 @@ pub trait RouteOracle: Send + Sync + 'static {
     fn ro_route(&self) -> RoRoute;
     /// A generation counter bumped whenever the RW routing changes (new `MasterReady` applied,
     /// this node demoted or fenced). Every RW session opened under an older generation is closed
-    /// with "outcome unknown".
+    /// ("outcome unknown" if it had a command in flight, "nothing executed" otherwise).
     fn subscribe_master_changes(&self) -> watch::Receiver<u64>;
 }
 

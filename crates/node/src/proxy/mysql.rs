@@ -35,6 +35,8 @@ pub fn parse_header(h: &[u8; HEADER_LEN]) -> (usize, u8) {
 pub struct GreetingInfo {
     /// mariadbd's thread id for this connection; `CONNECTION_ID()` returns the same number.
     pub connection_id: u32,
+    /// The server's capability flags as sent (before `clear_caps`).
+    pub capabilities: u32,
 }
 
 /// Why a greeting could not be used.
@@ -72,12 +74,17 @@ pub fn patch_greeting(payload: &mut [u8], clear_caps: u32) -> Result<GreetingInf
         payload[id_at + 2],
         payload[id_at + 3],
     ]);
-    let lo = u16::from_le_bytes([payload[caps_lo], payload[caps_lo + 1]]) & !(clear_caps as u16);
-    let hi =
-        u16::from_le_bytes([payload[caps_hi], payload[caps_hi + 1]]) & !((clear_caps >> 16) as u16);
+    let lo_sent = u16::from_le_bytes([payload[caps_lo], payload[caps_lo + 1]]);
+    let hi_sent = u16::from_le_bytes([payload[caps_hi], payload[caps_hi + 1]]);
+    let capabilities = u32::from(lo_sent) | u32::from(hi_sent) << 16;
+    let lo = lo_sent & !(clear_caps as u16);
+    let hi = hi_sent & !((clear_caps >> 16) as u16);
     payload[caps_lo..caps_lo + 2].copy_from_slice(&lo.to_le_bytes());
     payload[caps_hi..caps_hi + 2].copy_from_slice(&hi.to_le_bytes());
-    Ok(GreetingInfo { connection_id })
+    Ok(GreetingInfo {
+        connection_id,
+        capabilities,
+    })
 }
 
 /// Bytes of a handshake response the proxy looks at: caps (4), max packet (4), charset (1),

@@ -1,7 +1,7 @@
 //! The table of open sessions: closes them on a master change, at shutdown, and for `KILL n`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -31,15 +31,31 @@ pub(crate) enum CloseReason {
 }
 
 impl CloseReason {
-    pub(crate) fn error(self) -> Option<(SqlError, &'static str)> {
+    /// The error the client gets, if any. `in_flight` says whether the session had a command
+    /// forwarded towards mariadbd whose reply was not fully relayed (see `reply`): only then
+    /// may a master change, a lost lease or a shutdown have cut a COMMIT ("outcome unknown",
+    /// 08007); otherwise nothing of the session was executed since its last answer and the
+    /// client may simply reconnect and retry (08S01).
+    pub(crate) fn error(self, in_flight: bool) -> Option<(SqlError, &'static str)> {
         Some(match self {
             CloseReason::ClientGone | CloseReason::BackendGone | CloseReason::Desync => {
                 return None
             }
+            CloseReason::MasterChanged if !in_flight => (
+                mysql::ER_NO_MASTER,
+                "QuorumSQL: the master changed; this connection is closed while no statement \
+                 was in flight: nothing was executed since the last answer; reconnect and retry",
+            ),
             CloseReason::MasterChanged => (
                 mysql::ER_OUTCOME_UNKNOWN,
                 "QuorumSQL: the master changed; this connection is closed and a statement in \
                  flight (a COMMIT in particular) has an unknown outcome: check before retrying",
+            ),
+            CloseReason::LeaseLost if !in_flight => (
+                mysql::ER_NO_MASTER,
+                "QuorumSQL: this node may not forward to its mariadbd now (lease lost or master \
+                 changing); your statement was not executed (it never reached mariadbd); \
+                 reconnect and retry",
             ),
             CloseReason::LeaseLost => (
                 mysql::ER_OUTCOME_UNKNOWN,
@@ -68,6 +84,11 @@ impl CloseReason {
                 mysql::ER_HANDSHAKE,
                 "QuorumSQL: TLS is not supported by the proxy yet; connect without SSL \
                  (e.g. --ssl=0 / sslMode=DISABLED) or through a TLS-terminating tunnel",
+            ),
+            CloseReason::Shutdown if !in_flight => (
+                mysql::ER_NO_MASTER,
+                "QuorumSQL: this node is shutting down; no statement was in flight (nothing was \
+                 executed since the last answer); reconnect and retry",
             ),
             CloseReason::Shutdown => (
                 mysql::ER_OUTCOME_UNKNOWN,
@@ -113,6 +134,12 @@ pub(crate) struct SessionControl {
     /// The user a `COM_CHANGE_USER` in flight asks for; becomes `user` on the server's OK.
     pending_user: Mutex<Option<String>>,
     close_tx: watch::Sender<Option<CloseReason>>,
+    /// Close once no command is in flight (or after a grace): asked of forwarding sessions on
+    /// a master change, so that the master's proxy, which knows whether the command reached
+    /// mariadbd, answers first.
+    linger_tx: watch::Sender<Option<CloseReason>>,
+    /// `linger_tx` holds a reason (read per client command, so an atomic).
+    lingering: AtomicBool,
 }
 
 impl SessionControl {
@@ -125,6 +152,8 @@ impl SessionControl {
             user: Mutex::new(None),
             pending_user: Mutex::new(None),
             close_tx: watch::channel(None).0,
+            linger_tx: watch::channel(None).0,
+            lingering: AtomicBool::new(false),
         }
     }
 
@@ -146,6 +175,33 @@ impl SessionControl {
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<Option<CloseReason>> {
         self.close_tx.subscribe()
+    }
+
+    /// Asks the session to close with `reason` once its command in flight has been answered
+    /// (bounded by the relay's grace). Returns whether this call asked first.
+    pub(crate) fn close_when_idle(&self, reason: CloseReason) -> bool {
+        self.lingering.store(true, Ordering::Relaxed);
+        self.linger_tx.send_if_modified(|r| {
+            if r.is_none() {
+                *r = Some(reason);
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    /// Whether the session was asked to close once idle: it starts no new command.
+    pub(crate) fn lingering(&self) -> Option<CloseReason> {
+        if self.lingering.load(Ordering::Relaxed) {
+            *self.linger_tx.borrow()
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn subscribe_linger(&self) -> watch::Receiver<Option<CloseReason>> {
+        self.linger_tx.subscribe()
     }
 
     pub(crate) fn set_thread_id(&self, id: u32) {
@@ -230,6 +286,33 @@ impl Registry {
             .cloned()
             .collect();
         targets.iter().filter(|s| s.close(reason)).count()
+    }
+
+    /// Like [`Registry::close_where`], but sessions forwarded to another node's proxy close
+    /// only once their command in flight has been answered (see
+    /// [`SessionControl::close_when_idle`]).
+    pub(crate) fn close_or_linger_where(
+        &self,
+        reason: CloseReason,
+        pred: impl Fn(&SessionControl) -> bool,
+    ) -> usize {
+        let targets: Vec<Arc<SessionControl>> = self
+            .sessions
+            .lock()
+            .values()
+            .filter(|s| pred(s))
+            .cloned()
+            .collect();
+        targets
+            .iter()
+            .filter(|s| {
+                if s.local {
+                    s.close(reason)
+                } else {
+                    s.close_when_idle(reason)
+                }
+            })
+            .count()
     }
 
     /// `KILL [QUERY] n`: closes the backend connection of the local RW session whose mariadbd

@@ -11,13 +11,19 @@
 //! of the authentication (OK), and `LOCAL INFILE` requests, whose file data the client then sends
 //! with sequence ids that may wrap to 0 and must not be read as commands.
 //!
+//! Both directions also follow whether a command is in flight (forwarded, reply not fully
+//! relayed; see `reply`), which picks the error a closed session gets: a few integer updates
+//! per packet on heads already read.
+//!
 //! Both directions read into pooled buffers only while data is ready (`readable()` then
 //! `try_read`), so an idle session holds no relay buffer. Everything of a session runs in one
 //! task; the per-session state is a few atomics.
 
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed,
+};
 use std::time::Duration;
 
 use parking_lot::Mutex as SyncMutex;
@@ -30,6 +36,7 @@ use tokio::time::Instant;
 use super::metrics::{ErrorKind, PortMetrics};
 use super::mysql::{self, caps, com, parse_header, ClientHello, SqlError, HEADER_LEN, MAX_CHUNK};
 use super::registry::{CloseReason, KillOutcome, Registry, SessionControl};
+use super::reply;
 use super::statement::{self, Verdict};
 use super::{MasterEpoch, PortKind, ProxyLimits, RouteOracle};
 
@@ -42,6 +49,12 @@ const GREETING_HEAD: usize = 1024;
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a paused packet re-asks the forwarding rule.
 const LEASE_POLL: Duration = Duration::from_millis(2);
+/// A forwarding session asked to close on a master change waits this long beyond the lease
+/// pause for the master's proxy to answer its command in flight (that proxy knows whether the
+/// command reached mariadbd; a packet it holds is answered within its lease pause).
+const LINGER_GRACE: Duration = Duration::from_secs(1);
+/// How often a lingering session looks at its reply state.
+const LINGER_POLL: Duration = Duration::from_millis(5);
 
 /// Relay buffers, reused across sessions; a session holds one only while bytes are flowing.
 #[derive(Debug)]
@@ -96,6 +109,9 @@ pub(crate) struct RelayCtx<'a> {
     pub(crate) metrics: &'a PortMetrics,
     pub(crate) limits: &'a ProxyLimits,
     pub(crate) started: Instant,
+    /// The proxy's count of RW sessions relayed to the local mariadbd with a command in flight
+    /// (`None` for other sessions).
+    pub(crate) rw_in_flight: Option<&'a AtomicUsize>,
 }
 
 const PHASE_GREETING: u8 = 0;
@@ -116,6 +132,66 @@ struct Shared {
     hello_seen: AtomicBool,
     /// Milliseconds since `started` of the last byte read in either direction.
     last_activity_ms: AtomicU64,
+    /// Whether a command is in flight and where its reply is (`reply` states).
+    reply: AtomicU8,
+    /// Definitions still to come in the reply being followed.
+    reply_left: AtomicU64,
+    /// Capability flags of the client's handshake response and of the server's greeting
+    /// (0 until seen: then `CLIENT_DEPRECATE_EOF` counts as off, which only ever makes the
+    /// tracking lose track, never end a reply early).
+    client_caps: AtomicU32,
+    server_caps: AtomicU32,
+}
+
+impl Shared {
+    fn new(phase: u8) -> Self {
+        Shared {
+            phase: AtomicU8::new(phase),
+            next_seq: AtomicU8::new(0),
+            s2c_boundary: AtomicBool::new(true),
+            local_infile: AtomicBool::new(false),
+            last_cmd: AtomicU8::new(0),
+            hello_seen: AtomicBool::new(phase == PHASE_COMMAND),
+            last_activity_ms: AtomicU64::new(0),
+            reply: AtomicU8::new(reply::IDLE),
+            reply_left: AtomicU64::new(0),
+            client_caps: AtomicU32::new(0),
+            server_caps: AtomicU32::new(0),
+        }
+    }
+
+    fn deprecate_eof(&self) -> bool {
+        self.client_caps.load(Relaxed) & self.server_caps.load(Relaxed) & caps::DEPRECATE_EOF != 0
+    }
+
+    fn in_flight(&self) -> bool {
+        reply::in_flight(self.reply.load(Relaxed))
+    }
+
+    /// Moves the reply state, keeping the proxy's in-flight count.
+    fn set_reply(&self, counter: Option<&AtomicUsize>, st: u8) {
+        let old = self.reply.swap(st, Relaxed);
+        if let Some(c) = counter {
+            match (reply::in_flight(old), reply::in_flight(st)) {
+                (false, true) => {
+                    c.fetch_add(1, Relaxed);
+                }
+                (true, false) => {
+                    c.fetch_sub(1, Relaxed);
+                }
+                _ => {}
+            }
+        }
+        if st == reply::INFILE {
+            self.local_infile.store(true, Relaxed);
+        }
+    }
+
+    /// A new command (sequence id 0) is being forwarded.
+    fn command_forwarded(&self, counter: Option<&AtomicUsize>, head: &[u8]) {
+        let st = reply::on_command(self.reply.load(Relaxed), head);
+        self.set_reply(counter, st);
+    }
 }
 
 /// A reply the proxy sends instead of forwarding a command.
@@ -386,6 +462,35 @@ struct ClientDir<'a> {
 }
 
 impl ClientDir<'_> {
+    /// Follows what a forwarding session sends (it checks nothing) for its reply state.
+    fn follow_forwarded(&self, sh: &Shared, head: &[u8], len: usize, seq: u8) {
+        if sh.phase.load(Relaxed) != PHASE_COMMAND {
+            if !sh.hello_seen.swap(true, Relaxed) {
+                if let Some(c) = head.get(..4) {
+                    let c = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    sh.client_caps.store(c, Relaxed);
+                }
+            } else if seq == 0 {
+                // A command sent before the login's OK.
+                sh.set_reply(None, reply::UNKNOWN);
+            }
+            return;
+        }
+        if sh.local_infile.load(Relaxed) {
+            if len == 0 {
+                sh.local_infile.store(false, Relaxed);
+                sh.set_reply(None, reply::on_infile_end(sh.reply.load(Relaxed)));
+            }
+            return;
+        }
+        if seq != 0 {
+            return;
+        }
+        sh.last_cmd
+            .store(head.first().copied().unwrap_or(0), Relaxed);
+        sh.command_forwarded(None, head);
+    }
+
     fn clear_caps(&self) -> u32 {
         let mut c = caps::COMPRESS;
         if !self.ctx.limits.allow_multi_statements {
@@ -397,12 +502,23 @@ impl ClientDir<'_> {
 
 impl Direction for ClientDir<'_> {
     fn want(&self, sh: &Shared, len: usize, seq: u8, first: bool) -> usize {
-        let Mode::Local { .. } = self.ctx.mode else {
-            return 0;
-        };
         if !first {
             return 0;
         }
+        let Mode::Local { .. } = self.ctx.mode else {
+            // Forwarding checks nothing, but follows commands and replies (`reply`).
+            return if sh.phase.load(Relaxed) != PHASE_COMMAND {
+                if sh.hello_seen.load(Relaxed) {
+                    0
+                } else {
+                    4
+                }
+            } else if sh.local_infile.load(Relaxed) || seq != 0 {
+                0
+            } else {
+                reply::COMMAND_HEAD
+            };
+        };
         if sh.phase.load(Relaxed) != PHASE_COMMAND {
             if len > HANDSHAKE_MAX_PACKET {
                 0
@@ -423,6 +539,19 @@ impl Direction for ClientDir<'_> {
 
     fn decide(&mut self, sh: &Shared, head: &mut [u8], len: usize, seq: u8, first: bool) -> Action {
         let Mode::Local { port, epoch } = self.ctx.mode else {
+            if first {
+                if seq == 0
+                    && sh.phase.load(Relaxed) == PHASE_COMMAND
+                    && !sh.local_infile.load(Relaxed)
+                {
+                    // Closing after a master change: no new command goes out (it is answered
+                    // "nothing executed" when nothing else is in flight).
+                    if let Some(r) = self.ctx.ctl.lingering() {
+                        return Action::Close(r);
+                    }
+                }
+                self.follow_forwarded(sh, head, len, seq);
+            }
             return Action::Forward;
         };
         if let Some(epoch) = epoch {
@@ -446,6 +575,10 @@ impl Direction for ClientDir<'_> {
                 if seq != 1 {
                     return Action::Close(CloseReason::BadHandshake);
                 }
+                if let Some(c) = head.get(..4) {
+                    let c = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    sh.client_caps.store(c, Relaxed);
+                }
                 return match mysql::patch_handshake_response(head, len, self.clear_caps()) {
                     ClientHello::SslRequest => Action::Close(CloseReason::TlsRequested),
                     ClientHello::Malformed => Action::Close(CloseReason::BadHandshake),
@@ -467,6 +600,8 @@ impl Direction for ClientDir<'_> {
             // File contents end with an empty packet.
             if len == 0 {
                 sh.local_infile.store(false, Relaxed);
+                let st = reply::on_infile_end(sh.reply.load(Relaxed));
+                sh.set_reply(self.ctx.rw_in_flight, st);
             }
             return Action::Forward;
         }
@@ -484,7 +619,15 @@ impl Direction for ClientDir<'_> {
             self.ctx.ctl.begin_change_user(user);
         }
         match statement::classify(port, head, len, self.ctx.limits) {
-            Verdict::Forward => Action::Forward,
+            // Before the login's OK the relay cannot follow the reply.
+            Verdict::Forward if pipelined => {
+                sh.set_reply(self.ctx.rw_in_flight, reply::UNKNOWN);
+                Action::Forward
+            }
+            Verdict::Forward => {
+                sh.command_forwarded(self.ctx.rw_in_flight, head);
+                Action::Forward
+            }
             // No reply can be placed before the server's OK: close instead.
             Verdict::Refuse(_) | Verdict::Kill { .. } if pipelined => {
                 self.ctx.metrics.error(ErrorKind::Refused);
@@ -582,6 +725,26 @@ struct ServerDir<'a> {
     rx: watch::Receiver<Option<CloseReason>>,
 }
 
+impl ServerDir<'_> {
+    /// The relay's own bookkeeping of the first server packet of a command's reply.
+    fn follow_command(&self, sh: &Shared, head: &[u8], seq: u8) {
+        match sh.last_cmd.load(Relaxed) {
+            com::QUERY if seq == 1 && head.first() == Some(&0xFB) => {
+                sh.local_infile.store(true, Relaxed);
+            }
+            com::CHANGE_USER => match head.first() {
+                Some(0x00) => {
+                    self.ctx.ctl.commit_change_user();
+                    sh.last_cmd.store(0, Relaxed);
+                }
+                Some(0xFF) => sh.last_cmd.store(0, Relaxed),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+}
+
 impl Direction for ServerDir<'_> {
     fn want(&self, sh: &Shared, _len: usize, seq: u8, first: bool) -> usize {
         if !first {
@@ -590,22 +753,18 @@ impl Direction for ServerDir<'_> {
         match sh.phase.load(Relaxed) {
             PHASE_GREETING => GREETING_HEAD,
             PHASE_AUTH => 1,
-            _ => match sh.last_cmd.load(Relaxed) {
-                com::QUERY if seq == 1 => 1,
-                com::CHANGE_USER => 1,
-                _ => 0,
-            },
+            _ => {
+                let own = match sh.last_cmd.load(Relaxed) {
+                    com::QUERY if seq == 1 => 1,
+                    com::CHANGE_USER => 1,
+                    _ => 0,
+                };
+                own.max(reply::server_want(sh.reply.load(Relaxed)))
+            }
         }
     }
 
-    fn decide(
-        &mut self,
-        sh: &Shared,
-        head: &mut [u8],
-        _len: usize,
-        seq: u8,
-        first: bool,
-    ) -> Action {
+    fn decide(&mut self, sh: &Shared, head: &mut [u8], len: usize, seq: u8, first: bool) -> Action {
         if !first {
             return Action::Forward;
         }
@@ -617,12 +776,18 @@ impl Direction for ServerDir<'_> {
                 }
                 if let Mode::Local { .. } = self.ctx.mode {
                     match mysql::patch_greeting(head, caps::SSL | caps::COMPRESS) {
-                        Ok(info) => self.ctx.ctl.set_thread_id(info.connection_id),
+                        Ok(info) => {
+                            self.ctx.ctl.set_thread_id(info.connection_id);
+                            sh.server_caps.store(info.capabilities, Relaxed);
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "mariadbd sent an unusable greeting");
                             return Action::Close(CloseReason::BackendGone);
                         }
                     }
+                } else if let Ok(info) = mysql::patch_greeting(head, 0) {
+                    // Read only (nothing cleared): whether EOF packets are deprecated.
+                    sh.server_caps.store(info.capabilities, Relaxed);
                 }
                 sh.phase.store(PHASE_AUTH, Relaxed);
             }
@@ -631,20 +796,16 @@ impl Direction for ServerDir<'_> {
                     sh.phase.store(PHASE_COMMAND, Relaxed);
                 }
             }
-            _ => match sh.last_cmd.load(Relaxed) {
-                com::QUERY if seq == 1 && head.first() == Some(&0xFB) => {
-                    sh.local_infile.store(true, Relaxed);
+            _ => {
+                let st = sh.reply.load(Relaxed);
+                let mut left = sh.reply_left.load(Relaxed);
+                let next = reply::on_server_packet(st, &mut left, head, len, sh.deprecate_eof());
+                sh.reply_left.store(left, Relaxed);
+                if next != st {
+                    sh.set_reply(self.ctx.rw_in_flight, next);
                 }
-                com::CHANGE_USER => match head.first() {
-                    Some(0x00) => {
-                        self.ctx.ctl.commit_change_user();
-                        sh.last_cmd.store(0, Relaxed);
-                    }
-                    Some(0xFF) => sh.last_cmd.store(0, Relaxed),
-                    _ => {}
-                },
-                _ => {}
-            },
+                self.follow_command(sh, head, seq);
+            }
         }
         Action::Forward
     }
@@ -665,6 +826,10 @@ impl Direction for ServerDir<'_> {
             r = closed(&mut self.rx) => return Err(r),
         }
         sh.s2c_boundary.store(boundary, Relaxed);
+        // The reply's last packet is now with the client: nothing is in flight any more.
+        if boundary && sh.reply.load(Relaxed) == reply::DONE_PENDING {
+            sh.set_reply(self.ctx.rw_in_flight, reply::IDLE);
+        }
         self.ctx
             .metrics
             .bytes_to_clients
@@ -729,6 +894,7 @@ async fn pump<D: Direction>(
 /// Closes the session on the handshake and idle timeouts.
 async fn watchdog(ctx: &RelayCtx<'_>, sh: &Shared) {
     let mut rx = ctx.ctl.subscribe();
+    let mut linger_rx = ctx.ctl.subscribe_linger();
     loop {
         if ctx.ctl.reason().is_some() {
             return;
@@ -750,9 +916,35 @@ async fn watchdog(ctx: &RelayCtx<'_>, sh: &Shared) {
             ctx.ctl.close(CloseReason::IdleTimeout);
             return;
         }
-        tokio::select! {
+        let lingering = tokio::select! {
             _ = closed(&mut rx) => return,
-            _ = tokio::time::sleep_until(deadline) => {}
+            _ = tokio::time::sleep_until(deadline) => None,
+            r = linger_rx.wait_for(Option::is_some) => {
+                Some(r.ok().and_then(|r| *r).unwrap_or(CloseReason::ClientGone))
+            }
+        };
+        if let Some(reason) = lingering {
+            return linger(ctx, sh, reason, &mut rx).await;
+        }
+    }
+}
+
+/// Closes the session with `reason` as soon as no command is in flight, or after the grace.
+async fn linger(
+    ctx: &RelayCtx<'_>,
+    sh: &Shared,
+    reason: CloseReason,
+    rx: &mut watch::Receiver<Option<CloseReason>>,
+) {
+    let deadline = Instant::now() + ctx.limits.lease_pause + LINGER_GRACE;
+    loop {
+        if !sh.in_flight() || Instant::now() >= deadline {
+            ctx.ctl.close(reason);
+            return;
+        }
+        tokio::select! {
+            _ = closed(rx) => return,
+            _ = tokio::time::sleep(LINGER_POLL) => {}
         }
     }
 }
@@ -769,15 +961,7 @@ pub(crate) async fn relay(
     let (cr, cw) = client.into_split();
     let (br, bw) = backend.into_split();
     let cw = Mutex::new(cw);
-    let sh = Shared {
-        phase: AtomicU8::new(PHASE_GREETING),
-        next_seq: AtomicU8::new(0),
-        s2c_boundary: AtomicBool::new(true),
-        local_infile: AtomicBool::new(false),
-        last_cmd: AtomicU8::new(0),
-        hello_seen: AtomicBool::new(false),
-        last_activity_ms: AtomicU64::new(0),
-    };
+    let sh = Shared::new(PHASE_GREETING);
     let mut cdir = ClientDir {
         ctx,
         backend: bw,
@@ -798,7 +982,13 @@ pub(crate) async fn relay(
     if let Some(kind) = reason.metric() {
         ctx.metrics.error(kind);
     }
-    if let Some((err, msg)) = reason.error() {
+    let in_flight = sh.in_flight();
+    if in_flight {
+        if let Some(c) = ctx.rw_in_flight {
+            c.fetch_sub(1, Relaxed);
+        }
+    }
+    if let Some((err, msg)) = reason.error(in_flight) {
         if sh.s2c_boundary.load(Relaxed) {
             let pkt = mysql::err_packet(sh.next_seq.load(Relaxed), err, msg);
             let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, w.write_all(&pkt)).await;
@@ -873,15 +1063,7 @@ mod tests {
     }
 
     fn shared() -> Shared {
-        Shared {
-            phase: AtomicU8::new(PHASE_COMMAND),
-            next_seq: AtomicU8::new(0),
-            s2c_boundary: AtomicBool::new(true),
-            local_infile: AtomicBool::new(false),
-            last_cmd: AtomicU8::new(0),
-            hello_seen: AtomicBool::new(true),
-            last_activity_ms: AtomicU64::new(0),
-        }
+        Shared::new(PHASE_COMMAND)
     }
 
     fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {

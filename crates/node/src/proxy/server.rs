@@ -2,7 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use quorumsql_peer::NodeId;
@@ -57,6 +57,8 @@ struct Inner {
     /// The proxy's own greeting, sent before refusing a connection no backend greeted.
     refusal_greeting: Vec<u8>,
     changes: watch::Receiver<u64>,
+    /// RW sessions relayed to the local mariadbd with a command in flight.
+    rw_in_flight: AtomicUsize,
 }
 
 /// The running proxy. Dropping it stops the listeners and closes every session.
@@ -123,6 +125,7 @@ impl ProxyHandle {
             dialer,
             registry: Registry::default(),
             metrics: ProxyMetrics::default(),
+            rw_in_flight: AtomicUsize::new(0),
         });
         let tasks = vec![
             tokio::spawn(accept_loop(inner.clone(), rw, PortKind::Rw)),
@@ -152,6 +155,15 @@ impl ProxyHandle {
     /// Sessions open now (client ports and peer streams).
     pub fn open_sessions(&self) -> usize {
         self.inner.registry.len()
+    }
+
+    /// RW sessions relayed to this node's mariadbd (client ones and those served for other
+    /// nodes' proxies) that have a command forwarded to mariadbd whose reply has not been fully
+    /// relayed back, or whose state the relay could not follow (see the module doc). Zero
+    /// means no client command waits in mariadbd, a COMMIT waiting for its semi-sync ACK in
+    /// particular. One relaxed load.
+    pub fn rw_in_flight(&self) -> usize {
+        self.inner.rw_in_flight.load(Relaxed)
     }
 
     /// Serves a connection another node's proxy forwarded (`InboundStream` with purpose
@@ -396,6 +408,12 @@ impl Inner {
             metrics,
             limits: &self.config.limits,
             started,
+            rw_in_flight: match mode {
+                Mode::Local {
+                    port: PortKind::Rw, ..
+                } => Some(&self.rw_in_flight),
+                _ => None,
+            },
         };
         let reason = relay(&ctx, client, backend).await;
         tracing::debug!(?reason, ?mode, "proxy session ended");
@@ -609,9 +627,12 @@ async fn watch_master_changes(inner: Arc<Inner>) {
     while rx.changed().await.is_ok() {
         let g = *rx.borrow_and_update();
         inner.metrics.routing_changes.fetch_add(1, Relaxed);
-        let n = inner.registry.close_where(CloseReason::MasterChanged, |s| {
-            s.port == PortKind::Rw && s.generation.is_some_and(|sg| sg < g)
-        });
+        // Forwarding sessions let the master's proxy answer a command in flight first.
+        let n = inner
+            .registry
+            .close_or_linger_where(CloseReason::MasterChanged, |s| {
+                s.port == PortKind::Rw && s.generation.is_some_and(|sg| sg < g)
+            });
         tracing::info!(
             generation = g,
             closed = n,

@@ -391,7 +391,12 @@ pub async fn write_pkt(s: &mut TcpStream, seq: u8, payload: &[u8]) {
 
 /// A handshake response logging in as `user` with an empty password (mysql_native_password).
 pub fn handshake_response(user: &str) -> Vec<u8> {
-    let caps: u32 = 1 | (1 << 9) | (1 << 13) | (1 << 15) | (1 << 19);
+    handshake_response_caps(user, 0)
+}
+
+/// Like [`handshake_response`], with `extra_caps` (e.g. `CLIENT_DEPRECATE_EOF`, 1 << 24).
+pub fn handshake_response_caps(user: &str, extra_caps: u32) -> Vec<u8> {
+    let caps: u32 = 1 | (1 << 9) | (1 << 13) | (1 << 15) | (1 << 19) | extra_caps;
     let mut r = caps.to_le_bytes().to_vec();
     r.extend_from_slice(&(16u32 << 20).to_le_bytes());
     r.push(45);
@@ -432,13 +437,18 @@ pub async fn refused(port: u16) -> Pkt {
 impl Raw {
     /// Logs in as `user` with an empty password (mysql_native_password).
     pub async fn connect(port: u16, user: &str) -> Raw {
+        Raw::connect_caps(port, user, 0).await
+    }
+
+    /// Logs in with `extra_caps` added to the client capabilities.
+    pub async fn connect_caps(port: u16, user: &str, extra_caps: u32) -> Raw {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let g = read_pkt(&mut s).await.unwrap();
         assert_eq!(g.payload[0], 10, "greeting expected, got {:?}", g.payload);
         let nul = g.payload[1..].iter().position(|&b| b == 0).unwrap();
         let at = 1 + nul + 1;
         let connection_id = u32::from_le_bytes(g.payload[at..at + 4].try_into().unwrap());
-        write_pkt(&mut s, 1, &handshake_response(user)).await;
+        write_pkt(&mut s, 1, &handshake_response_caps(user, extra_caps)).await;
         let ok = read_pkt(&mut s).await.unwrap();
         assert_eq!(
             ok.payload[0],
