@@ -391,8 +391,9 @@ fn a_follower_restarted_after_the_log_compacted_rejoins() {
         "CREATE DATABASE app; CREATE TABLE app.c (id INT PRIMARY KEY) ENGINE=InnoDB",
     )
     .expect("DDL");
-    // Enough transactions for the log to compact (it keeps what every healthy member applied).
-    for batch in 0..8 {
+    // Enough transactions for the log to compact (it keeps what every member applied, plus a
+    // slack of 1,024 entries, and compacts at least 1,000 at a time).
+    for batch in 0..15 {
         let stmts: String = (0..200)
             .map(|i| format!("INSERT INTO app.c VALUES ({});", batch * 200 + i))
             .collect();
@@ -407,6 +408,6 @@ fn a_follower_restarted_after_the_log_compacted_rejoins() {
     c.wait_until("the restarted follower healthy again", START, |s| {
         s.nodes.iter().all(|n| n.healthy)
     });
-    let acked: Vec<u64> = (0..1600).collect();
+    let acked: Vec<u64> = (0..3000).collect();
     assert_all_present(&c, "app.c", &acked, &[1, 2, 3]);
 }

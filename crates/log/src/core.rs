@@ -366,6 +366,8 @@ pub struct LogCore<S: LogStore> {
     rng: Option<SplitMix>,
     /// (term, role, randomized timeout) last seen, to notice raft re-drawing its timeout.
     timeout_seen: (u64, StateRole, usize),
+    /// Entries kept below the members' retention point (see [`Self::set_compaction_slack`]).
+    compaction_slack: u64,
 }
 
 impl<S: LogStore> LogCore<S> {
@@ -471,6 +473,7 @@ impl<S: LogStore> LogCore<S> {
             unpersisted: None,
             stopped: None,
             timeout_seen,
+            compaction_slack: 0,
         };
         core.lease.observe(now);
         core.redraw_timeout(true);
@@ -1318,6 +1321,16 @@ impl<S: LogStore> LogCore<S> {
 
     /// The raft index [`LogCore::compact`] would compact through with these arguments, if that
     /// would discard anything.
+    /// Keeps `entries` more entries than the members' retention point needs. A deposed
+    /// leader's log ends in entries of its old term that were never committed; the new
+    /// leader's probe for the matching point can step back past the member's applied point,
+    /// and if that lands in compacted log the member gets a raft snapshot and, with it, a gap
+    /// its mariadbd can only close by a rebuild (seen in a 30-minute chaos run). The slack
+    /// keeps that probe inside the log. The size cap still overrides it.
+    pub fn set_compaction_slack(&mut self, entries: u64) {
+        self.compaction_slack = entries;
+    }
+
     pub fn compaction_target(
         &self,
         keep_after: Option<Gtid>,
@@ -1326,11 +1339,13 @@ impl<S: LogStore> LogCore<S> {
         let applied = self.sm.applied_index();
         let truncated = self.raw.store().store().truncated().0;
         let by_members = match keep_after {
-            // Everything up to the entry before the first transaction after keep_after can go.
+            // Everything up to the entry before the first transaction after keep_after can go,
+            // but for the slack.
             Some(g) => match self.sm.txns_after_seq(Some(g.seq)).next() {
                 Some(next) => next.first_index().saturating_sub(1),
                 None => applied,
-            },
+            }
+            .saturating_sub(self.compaction_slack),
             None => truncated,
         };
         let by_cap = applied.saturating_sub(max_retained_entries);

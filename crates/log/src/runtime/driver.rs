@@ -453,6 +453,8 @@ impl<S: LogStore> Driver<S> {
         self.next_compaction = now.add(self.cfg.compact_interval);
         let keep_after = crate::retention::keep_after(self.core.state_machine());
         let max = self.cfg.retain_max_entries;
+        self.core
+            .set_compaction_slack(self.cfg.compaction_slack_entries.min(max / 4));
         let Some(through) = self.core.compaction_target(keep_after, max) else {
             return Ok(false);
         };

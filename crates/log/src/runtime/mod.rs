@@ -55,6 +55,10 @@ pub struct RuntimeConfig {
     /// Compaction writes a state machine snapshot (synced) on the runtime thread, so it waits
     /// until at least this many entries can go.
     pub compact_min_entries: u64,
+    /// Entries kept below the members' retention point, so that a deposed leader's
+    /// conflicting tail is resolved from the log rather than by a snapshot (see
+    /// `LogCore::set_compaction_slack`).
+    pub compaction_slack_entries: u64,
 }
 
 impl RuntimeConfig {
@@ -66,6 +70,7 @@ impl RuntimeConfig {
             retain_max_entries: 100_000,
             compact_interval: Duration::from_secs(10),
             compact_min_entries: 1_000,
+            compaction_slack_entries: 1_024,
         }
     }
 }

@@ -337,6 +337,7 @@ async fn member_reports_drive_compaction_and_flag_a_lagging_member() {
     let c = cluster_with(|rc| {
         rc.compact_interval = Duration::from_millis(50);
         rc.compact_min_entries = 1;
+        rc.compaction_slack_entries = 0;
     })
     .await;
     let (l, epoch) = c.promote().await;
