@@ -3,26 +3,12 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{sql_socket, sql_tcp, Cluster};
+use support::{eventually, sql_socket, sql_tcp, Cluster};
 
 const START: Duration = Duration::from_secs(180);
 const FAILOVER: Duration = Duration::from_secs(60);
-
-/// Polls `f` until it returns `Ok`, or panics with the last error after `timeout`.
-fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) if Instant::now() >= deadline => {
-                panic!("timed out after {timeout:?} waiting for {what}; last error: {e}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}
 
 fn checksum(c: &Cluster, id: u64, table: &str) -> Result<String, String> {
     sql_socket(&c.mariadb_socket(id), &format!("CHECKSUM TABLE {table}"))

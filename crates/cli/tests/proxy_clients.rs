@@ -10,23 +10,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{sql_socket, sql_tcp, Cluster, PASSWORD, USER};
+use support::{eventually, sql_socket, sql_tcp, Cluster, PASSWORD, USER};
 
 const START: Duration = Duration::from_secs(180);
-
-/// Polls `f` until it returns `Ok`, or panics with the last error after `timeout`.
-fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) if Instant::now() >= deadline => {
-                panic!("timed out after {timeout:?} waiting for {what}; last error: {e}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}
 
 /// Runs sysbench `oltp_read_write` (`prepare` or `run`) against `port`; returns its output.
 fn sysbench(port: u16, cmd: &str) -> String {

@@ -180,17 +180,9 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, RunError> {
     tracing::info!("cluster up: {st}");
 
     let wcfg = WorkloadConfig {
-        user: crate::USER.into(),
-        password: crate::PASSWORD.into(),
-        database: "chaos".into(),
         clients: cfg.clients,
-        op_timeout: Duration::from_secs(5),
-        register_keys: 8,
-        bank_accounts: 5,
-        bank_initial_balance: 100,
-        list_keys: 8,
-        ro_fraction: 0.2,
         seed: cfg.seed,
+        ..WorkloadConfig::new(crate::USER, crate::PASSWORD)
     };
     let targets = cluster.targets();
     let initial = workload::setup(&cfg.workloads, &wcfg, &targets).await?;
