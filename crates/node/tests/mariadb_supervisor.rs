@@ -398,17 +398,13 @@ fn failed_start_reports_exit_and_error_log_and_binlog_finding() {
     assert_eq!(n.m.status().unwrap().pid, None);
 }
 
-/// Env var that turns [`pdeathsig_helper`] into the fake daemon of the pdeathsig test.
-const HELPER_ENV: &str = "QUORUMSQL_TEST_PDEATHSIG_DIR";
-
 #[test]
 fn mariadbd_dies_with_the_daemon_that_started_it() {
     let dir = tempfile::Builder::new().prefix("qsm").tempdir().unwrap();
     let pid_file = dir.path().join("mariadbd-pid");
     let helper = ProcGuard(
-        Command::new(std::env::current_exe().unwrap())
-            .args(["pdeathsig_helper", "--exact", "--ignored", "--nocapture"])
-            .env(HELPER_ENV, dir.path())
+        Command::new(env!("CARGO_BIN_EXE_quorumsql-test-pdeathsig-daemon"))
+            .arg(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
@@ -434,24 +430,6 @@ fn mariadbd_dies_with_the_daemon_that_started_it() {
     wait_until("orphaned mariadbd is gone", Duration::from_secs(10), || {
         alive(pid).then(|| format!("pid {pid} ({:?}) still alive", comm(pid)))
     });
-}
-
-/// Not a test by itself: the fake daemon process of `mariadbd_dies_with_the_daemon_that_started_it`.
-#[test]
-#[ignore = "helper process, run by mariadbd_dies_with_the_daemon_that_started_it"]
-fn pdeathsig_helper() {
-    let Some(dir) = std::env::var_os(HELPER_ENV).map(PathBuf::from) else {
-        return;
-    };
-    let mut m = Mariadb::new(config(&dir, 51)).unwrap();
-    m.initialize_if_needed().unwrap();
-    let pid = m.start().unwrap().pid;
-    m.wait_ready(deadline(READY)).unwrap();
-    let tmp = dir.join("mariadbd-pid.tmp");
-    std::fs::write(&tmp, pid.to_string()).unwrap();
-    std::fs::rename(&tmp, dir.join("mariadbd-pid")).unwrap();
-    // Wait to be SIGKILLed; give up (and clean up via Drop) if the parent never does.
-    std::thread::sleep(Duration::from_secs(60));
 }
 
 /// Roles moves the supervisor into `spawn_blocking` closures and shares its status.
