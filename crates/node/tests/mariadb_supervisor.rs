@@ -5,7 +5,7 @@
 //! extra processes (a stale server, a background client, the pdeathsig helper) have guards.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
