@@ -237,7 +237,9 @@ async fn lease_fence_master_change_and_no_master() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "7");
     let m = proxy.metrics();
-    assert_eq!(m.rw.errors_of(ErrorKind::LeaseLost), 1, "{m:?}");
+    // At least the session fenced above; under heavy load a second session can land in the
+    // lease check during the master changes of this test (seen once in CI), which is correct.
+    assert!(m.rw.errors_of(ErrorKind::LeaseLost) >= 1, "{m:?}");
     assert_eq!(m.rw.errors_of(ErrorKind::MasterChanged), 2, "{m:?}");
     assert_eq!(m.rw.errors_of(ErrorKind::NoMaster), 2, "{m:?}");
     wait_for(Duration::from_secs(5), "sessions to close", || {
