@@ -80,7 +80,9 @@ impl Cluster {
     pub fn kill_node(&self, i: NodeIndex) {
         match self {
             Cluster::Quorum(c) => c.kill_quorumsql(i),
-            Cluster::Galera(c) => c.kill(i),
+            Cluster::Galera(c) => {
+                let _ = c.kill(i);
+            }
         }
     }
 
@@ -88,10 +90,7 @@ impl Cluster {
     pub async fn kill_db(&self, i: NodeIndex) -> Option<u32> {
         match self {
             Cluster::Quorum(c) => c.kill_mariadbd(i).await,
-            Cluster::Galera(c) => {
-                c.kill(i);
-                Some(0)
-            }
+            Cluster::Galera(c) => c.kill(i),
         }
     }
 

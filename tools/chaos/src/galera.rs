@@ -25,7 +25,7 @@ use quorumsql_chaos_check::NodeIndex;
 use quorumsql_node::sql::SqlConn;
 
 use crate::net::Network;
-use crate::nodes::NodesError;
+use crate::nodes::{signal, NodesError};
 use crate::workload::Target;
 
 const LIBGALERA: &str = "/usr/lib/galera/libgalera_smm.so";
@@ -62,11 +62,7 @@ pub struct GaleraCluster {
 }
 
 fn err(what: impl Into<String>) -> NodesError {
-    NodesError::Timeout {
-        what: what.into(),
-        within: Duration::ZERO,
-        status: String::new(),
-    }
+    NodesError::Galera(what.into())
 }
 
 fn write(path: &Path, text: &str) -> Result<(), NodesError> {
@@ -416,25 +412,22 @@ impl GaleraCluster {
         Ok(())
     }
 
-    pub fn kill(&self, i: NodeIndex) {
-        if let Some(n) = self.lock().get_mut(&i) {
-            if let Some(mut c) = n.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-            n.paused = false;
-        }
+    /// kill -9 of node `i`'s mariadbd; returns its pid if it was running.
+    pub fn kill(&self, i: NodeIndex) -> Option<u32> {
+        let mut nodes = self.lock();
+        let n = nodes.get_mut(&i)?;
+        n.paused = false;
+        let mut c = n.child.take()?;
+        let pid = c.id();
+        let _ = c.kill();
+        let _ = c.wait();
+        Some(pid)
     }
 
     fn stop(&self, i: NodeIndex) {
         if let Some(n) = self.lock().get_mut(&i) {
             if let Some(mut c) = n.child.take() {
-                if let Ok(pid) = i32::try_from(c.id()) {
-                    // SAFETY: kill(2) on our own child.
-                    unsafe {
-                        libc::kill(pid, libc::SIGTERM);
-                    }
-                }
+                signal(c.id(), libc::SIGTERM);
                 let deadline = Instant::now() + Duration::from_secs(60);
                 while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(50));
@@ -447,11 +440,8 @@ impl GaleraCluster {
 
     fn signal(&self, i: NodeIndex, sig: libc::c_int) {
         if let Some(n) = self.lock().get_mut(&i) {
-            if let Some(pid) = n.child.as_ref().and_then(|c| i32::try_from(c.id()).ok()) {
-                // SAFETY: kill(2) on our own child.
-                unsafe {
-                    libc::kill(pid, sig);
-                }
+            if let Some(c) = n.child.as_ref() {
+                signal(c.id(), sig);
                 n.paused = sig == libc::SIGSTOP;
             }
         }
@@ -532,7 +522,7 @@ impl GaleraCluster {
     pub fn stop_all(&self) {
         for i in self.nodes() {
             self.resume(i);
-            self.kill(i);
+            let _ = self.kill(i);
         }
     }
 }

@@ -40,6 +40,8 @@ pub enum NodesError {
         #[source]
         source: std::io::Error,
     },
+    #[error("galera: {0}")]
+    Galera(String),
     #[error("{what} not reached within {within:?}; last cluster status: {status}")]
     Timeout {
         what: String,
@@ -65,7 +67,8 @@ pub struct QuorumCluster {
     env: Vec<(String, String)>,
 }
 
-fn signal(pid: u32, sig: libc::c_int) {
+/// kill(2) of a process this harness started (a stale pid at worst gets ESRCH).
+pub(crate) fn signal(pid: u32, sig: libc::c_int) {
     if let Ok(pid) = i32::try_from(pid) {
         // SAFETY: kill has no memory preconditions; a stale pid gets ESRCH.
         unsafe {

@@ -198,6 +198,40 @@ impl TestMariadb {
     }
 }
 
+/// Starts every workload's clients; they run until `stop` is cancelled.
+#[allow(clippy::type_complexity)]
+fn start_clients(
+    kinds: &[WorkloadKind],
+    cfg: &WorkloadConfig,
+    targets: &[Target],
+) -> (
+    Recorder,
+    CancellationToken,
+    Vec<tokio::task::JoinHandle<Result<(), quorumsql_chaos::workload::WorkloadError>>>,
+) {
+    let recorder = Recorder::new(Instant::now());
+    let stop = CancellationToken::new();
+    let runs = kinds
+        .iter()
+        .map(|&k| {
+            tokio::spawn(run(
+                k,
+                cfg.clone(),
+                targets.to_vec(),
+                stop.clone(),
+                recorder.clone(),
+            ))
+        })
+        .collect();
+    (recorder, stop, runs)
+}
+
+/// Whether the history has an Ok op of call type `ty` that started after `after_ns`.
+fn has_ok_after(h: &[Op], ty: &str, after_ns: u64) -> bool {
+    h.iter()
+        .any(|o| call_type(&o.call) == ty && o.outcome == Outcome::Ok && o.start_ns > after_ns)
+}
+
 fn config(clients: usize, op_timeout: Duration) -> WorkloadConfig {
     let mut cfg = WorkloadConfig::new(USER, PASSWORD);
     cfg.clients = clients;
@@ -388,20 +422,7 @@ async fn healthy_server_gives_complete_consistent_histories() {
     // Setup is idempotent: a second run resets the tables.
     setup(&kinds, &cfg, &targets).await.expect("setup again");
 
-    let recorder = Recorder::new(Instant::now());
-    let stop = CancellationToken::new();
-    let runs: Vec<_> = kinds
-        .iter()
-        .map(|&k| {
-            tokio::spawn(run(
-                k,
-                cfg.clone(),
-                targets.clone(),
-                stop.clone(),
-                recorder.clone(),
-            ))
-        })
-        .collect();
+    let (recorder, stop, runs) = start_clients(&kinds, &cfg, &targets);
     tokio::time::sleep(Duration::from_secs(4)).await;
     stop.cancel();
     for r in runs {
@@ -521,29 +542,12 @@ async fn killed_server_gives_no_ok_until_it_is_back() {
     let kinds = vec![WorkloadKind::Register, WorkloadKind::Set];
     let initial = setup(&kinds, &cfg, &targets).await.expect("setup");
 
-    let recorder = Recorder::new(Instant::now());
-    let stop = CancellationToken::new();
-    let runs: Vec<_> = kinds
-        .iter()
-        .map(|&k| {
-            tokio::spawn(run(
-                k,
-                cfg.clone(),
-                targets.clone(),
-                stop.clone(),
-                recorder.clone(),
-            ))
-        })
-        .collect();
-    let ok_of = |h: &[Op], ty: &str, after: u64| {
-        h.iter()
-            .any(|o| call_type(&o.call) == ty && o.outcome == Outcome::Ok && o.start_ns > after)
-    };
+    let (recorder, stop, runs) = start_clients(&kinds, &cfg, &targets);
     wait_for(
         &recorder,
         Duration::from_secs(20),
         "Ok writes before the kill",
-        |h| ok_of(h, "reg-write", 0) && ok_of(h, "set-add", 0),
+        |h| has_ok_after(h, "reg-write", 0) && has_ok_after(h, "set-add", 0),
     )
     .await;
 
@@ -573,9 +577,9 @@ async fn killed_server_gives_no_ok_until_it_is_back() {
         Duration::from_secs(30),
         "Ok ops after the restart",
         |h| {
-            ok_of(h, "reg-read", ready_ns)
-                && ok_of(h, "reg-write", ready_ns)
-                && ok_of(h, "set-add", ready_ns)
+            has_ok_after(h, "reg-read", ready_ns)
+                && has_ok_after(h, "reg-write", ready_ns)
+                && has_ok_after(h, "set-add", ready_ns)
         },
     )
     .await;
@@ -633,29 +637,12 @@ async fn paused_server_gives_timeouts_and_unknown_writes() {
     let kinds = vec![WorkloadKind::Register, WorkloadKind::Set];
     let initial = setup(&kinds, &cfg, &targets).await.expect("setup");
 
-    let recorder = Recorder::new(Instant::now());
-    let stop = CancellationToken::new();
-    let runs: Vec<_> = kinds
-        .iter()
-        .map(|&k| {
-            tokio::spawn(run(
-                k,
-                cfg.clone(),
-                targets.clone(),
-                stop.clone(),
-                recorder.clone(),
-            ))
-        })
-        .collect();
-    let ok_after = |h: &[Op], ty: &str, after: u64| {
-        h.iter()
-            .any(|o| call_type(&o.call) == ty && o.outcome == Outcome::Ok && o.start_ns > after)
-    };
+    let (recorder, stop, runs) = start_clients(&kinds, &cfg, &targets);
     wait_for(
         &recorder,
         Duration::from_secs(20),
         "Ok writes before the pause",
-        |h| ok_after(h, "reg-write", 0) && ok_after(h, "set-add", 0),
+        |h| has_ok_after(h, "reg-write", 0) && has_ok_after(h, "set-add", 0),
     )
     .await;
 
@@ -685,7 +672,7 @@ async fn paused_server_gives_timeouts_and_unknown_writes() {
         &recorder,
         Duration::from_secs(30),
         "Ok ops after the pause",
-        |h| ok_after(h, "reg-write", resumed_ns) && ok_after(h, "set-add", resumed_ns),
+        |h| has_ok_after(h, "reg-write", resumed_ns) && has_ok_after(h, "set-add", resumed_ns),
     )
     .await;
     stop.cancel();

@@ -619,7 +619,13 @@ impl Roles {
         let reason = loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.timing.poll) => {}
-                _ = status_rx.changed() => {}
+                r = status_rx.changed() => {
+                    // A stopped log closes the channel: `changed` would then return at once on
+                    // every turn; fall back to the poll interval instead of spinning.
+                    if r.is_err() {
+                        tokio::time::sleep(self.timing.poll).await;
+                    }
+                }
             }
             if self.mariadb_exited() {
                 break FenceReason::MariadbExited;
