@@ -42,8 +42,9 @@ enum Command {
 
 /// The nice value of a node process when it runs as root. The log's heartbeats and lease
 /// rounds must not starve when clients saturate the CPU (measured: 32 client threads straight
-/// at the master's mariadbd on 2 cores made it lose its leadership); mariadbd itself runs at
-/// +10 (see the launcher), so the node's few, short-lived tasks always win the CPU.
+/// at the master's mariadbd on 2 cores made it lose its leadership). mariadbd runs 10 levels
+/// lower, at 0 (see the launcher), so the node's few, short-lived tasks win the CPU while
+/// mariadbd still competes evenly with its clients.
 const NODE_NICE: libc::c_int = -10;
 
 /// Raises the priority of the calling thread, before any other thread exists: every thread the

@@ -82,6 +82,40 @@ fn three_nodes_replicate_through_the_master() {
     assert!(proxy(master).rw.total >= 11, "{:?}", proxy(master));
     assert!(proxy(other).rw.total >= 1, "{:?}", proxy(other));
     assert!(proxy(master).peer_rw.total >= 1, "{:?}", proxy(master));
+    // The commit path's counters are in the master's /status: every insert went through
+    // capture and was ACKed after the log accepted it; replicas capture nothing.
+    let cap = eventually(
+        "the master's capture counters",
+        Duration::from_secs(10),
+        || {
+            let n = c.node_status(master).ok_or("master status unavailable")?;
+            let cap = n
+                .capture
+                .clone()
+                .ok_or_else(|| format!("master reports no capture: {n:?}"))?;
+            if cap.txns_accepted < 2001 {
+                return Err(format!(
+                    "capture accepted only {} txns: {cap:?}",
+                    cap.txns_accepted
+                ));
+            }
+            Ok(cap)
+        },
+    );
+    assert!(
+        cap.acks_sent >= 1 && cap.acks_sent <= cap.appends_accepted,
+        "{cap:?}"
+    );
+    assert!(cap.appends_accepted <= cap.txns_accepted, "{cap:?}");
+    assert!(
+        cap.ack_latency_avg_us > 0 && cap.ack_latency_avg_us <= cap.ack_latency_max_us,
+        "{cap:?}"
+    );
+    let replica_capture = c.node_status(other).and_then(|n| n.capture);
+    assert!(
+        replica_capture.is_none(),
+        "a replica reports capture: {replica_capture:?}"
+    );
     // `quorumsql status`, asked through one replica's admin port, reports the whole cluster in
     // the JSON shape scripts rely on, and exits 0 for a healthy cluster.
     let admin = c.node(other).config.me().admin.to_string();

@@ -59,6 +59,48 @@ pub struct NodeStatus {
     /// A planned switchover is draining this master right now (no client packet is forwarded).
     #[serde(default)]
     pub switchover_in_progress: bool,
+    /// The commit path on a master: transactions captured from its binlog, appends to the log,
+    /// semi-sync ACKs sent back, and how long commits waited for them.
+    #[serde(default)]
+    pub capture: Option<CaptureStatus>,
+}
+
+/// Capture counters as `/status` shows them (master only).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CaptureStatus {
+    pub txns_captured: u64,
+    pub bytes_captured: u64,
+    /// Appends proposed to the log, and how many it accepted; txns_accepted / appends_accepted
+    /// is the group-commit batch size.
+    pub appends: u64,
+    pub appends_accepted: u64,
+    pub txns_accepted: u64,
+    pub acks_sent: u64,
+    /// From a transaction's last event reaching capture to its ACK being written: the time a
+    /// commit waits for the global binlog.
+    pub ack_latency_avg_us: u64,
+    pub ack_latency_max_us: u64,
+    /// Reconnects of the semi-sync dump connection to the local mariadbd.
+    pub reconnects: u64,
+}
+
+impl From<&crate::capture::CaptureMetrics> for CaptureStatus {
+    fn from(m: &crate::capture::CaptureMetrics) -> Self {
+        let us = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        CaptureStatus {
+            txns_captured: m.txns_captured,
+            bytes_captured: m.bytes_captured,
+            appends: m.appends,
+            appends_accepted: m.appends_accepted,
+            txns_accepted: m.txns_accepted,
+            acks_sent: m.acks_sent,
+            ack_latency_avg_us: us(m.ack_latency_sum)
+                .checked_div(m.ack_latency_count)
+                .unwrap_or(0),
+            ack_latency_max_us: us(m.ack_latency_max),
+            reconnects: m.reconnects,
+        }
+    }
 }
 
 /// What this node knows about one peer.

@@ -252,5 +252,6 @@ fn node_status(id: u64, log: &LogHandle, role: &RoleSnapshot) -> NodeStatus {
         vote_hold_off_remaining_ms: st.vote_hold_off_remaining.map(|d| d.as_millis() as u64),
         votes_refused_in_hold_off: log.votes_held_off(),
         switchover_in_progress: false,
+        capture: role.capture.as_ref().map(Into::into),
     }
 }

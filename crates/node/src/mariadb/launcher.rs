@@ -14,8 +14,15 @@ use std::thread::JoinHandle;
 
 use super::error::MariadbError;
 
-/// The nice value mariadbd (and mariadb-install-db) run at; see the comment at its use.
-pub const MARIADBD_NICE: libc::c_int = 10;
+/// How many nice levels below the node process mariadbd (and mariadb-install-db) run; see the
+/// comment at its use.
+pub const MARIADBD_NICE_OFFSET: libc::c_int = 10;
+
+/// The nice value of a child forked by a thread at `parent` nice: [`MARIADBD_NICE_OFFSET`] below
+/// the node, but never below normal priority (a node raised to -10 as root leaves mariadbd at 0).
+pub(crate) fn mariadbd_nice(parent: libc::c_int) -> libc::c_int {
+    parent.saturating_add(MARIADBD_NICE_OFFSET).max(0)
+}
 
 type Reply = mpsc::Sender<std::io::Result<Child>>;
 
@@ -89,11 +96,34 @@ fn spawn_with_pdeathsig(cmd: &mut Command) -> std::io::Result<Child> {
             }
             // mariadbd runs at a lower CPU priority than QuorumSQL: under a CPU-bound client load
             // a starved raft loop misses heartbeats and loses leadership and its lease, which
-            // costs a failover; a slightly slower query costs nothing of the kind. Best effort:
-            // a failure leaves the default priority.
-            libc::setpriority(libc::PRIO_PROCESS, 0, MARIADBD_NICE);
+            // costs a failover; a slightly slower query costs nothing of the kind. The gap is
+            // relative: a node raised to nice -10 (as root) leaves mariadbd at 0, where it
+            // competes evenly with the proxy that relays its queries and with the clients
+            // (bench/proxy measured +10 under a -10 node to cost a third of point-select
+            // throughput); an unprivileged node at 0 puts mariadbd at +10. Best effort: a
+            // failure leaves the inherited priority. getpriority can return -1 as a value, so
+            // errno tells an error apart.
+            *libc::__errno_location() = 0;
+            let own_nice = libc::getpriority(libc::PRIO_PROCESS, 0);
+            if own_nice != -1 || *libc::__errno_location() == 0 {
+                libc::setpriority(libc::PRIO_PROCESS, 0, mariadbd_nice(own_nice));
+            }
             Ok(())
         });
     }
     cmd.spawn()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mariadbd_nice;
+
+    #[test]
+    fn mariadbd_runs_below_the_node_but_never_below_normal_priority() {
+        assert_eq!(mariadbd_nice(-10), 0);
+        assert_eq!(mariadbd_nice(-15), 0);
+        assert_eq!(mariadbd_nice(0), 10);
+        assert_eq!(mariadbd_nice(-5), 5);
+        assert_eq!(mariadbd_nice(15), 25);
+    }
 }

@@ -70,6 +70,8 @@ pub struct RoleSnapshot {
     pub mariadb_pid: Option<u32>,
     /// Why the node is not healthy, each with what to do.
     pub problems: Vec<String>,
+    /// Counters of this master's capture (refreshed every poll interval while master).
+    pub capture: Option<crate::capture::CaptureMetrics>,
 }
 
 impl RoleSnapshot {
@@ -244,6 +246,7 @@ impl Roles {
             s.problems = problems;
             if role != Role::Master {
                 s.master_epoch = None;
+                s.capture = None;
             }
         });
     }
@@ -747,6 +750,9 @@ impl Roles {
                 }
                 Ok(Err(e)) => warn!(%e, "cannot read @@gtid_binlog_pos"),
                 Err(_) => self.admin = None,
+            }
+            if let Some(m) = self.capture.as_ref().map(CaptureHandle::metrics) {
+                self.publish(|s| s.capture = Some(m));
             }
             if Instant::now() >= next_report {
                 next_report = Instant::now() + Duration::from_secs(2);
