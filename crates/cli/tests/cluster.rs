@@ -315,7 +315,7 @@ fn whole_cluster_kill_9_and_restart_keeps_every_acknowledged_commit() {
 }
 
 #[test]
-fn a_node_written_behind_the_logs_back_is_diverged_and_never_master() {
+fn a_node_written_behind_the_logs_back_is_diverged_never_master_and_rebuilt() {
     let c = Cluster::start(3);
     let m = c.wait_healthy(START);
     let rw = c.rw_port(m);
@@ -346,12 +346,46 @@ fn a_node_written_behind_the_logs_back_is_diverged_and_never_master() {
                 .any(|p| p.contains("not in the global binlog") || p.contains("differs")),
         "{v:?}"
     );
-    // The cluster keeps serving, and the victim is never master.
+    // The cluster keeps serving while the victim rebuilds itself from a healthy replica
+    // (mariadb-backup over the peer port); it is never master while diverged or rebuilding.
     sql_tcp(rw, "INSERT INTO app.d VALUES (2)").expect("writes continue");
-    for _ in 0..10 {
-        assert_ne!(c.status().master, Some(victim));
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut roles_seen = std::collections::BTreeSet::new();
+    c.wait_until("the victim rebuilt and healthy again", START, |s| {
+        let v = s.nodes.iter().find(|n| n.id == victim);
+        if let Some(v) = v {
+            roles_seen.insert(v.role.clone());
+            if v.role == "diverged" || v.role == "rebuilding" {
+                assert_ne!(s.master, Some(victim), "a {} node is master: {s:?}", v.role);
+            }
+        }
+        v.is_some_and(|v| v.healthy && v.role == "replica")
+    });
+    // Its data is the cluster's again: the write behind the log's back is gone, everything
+    // acknowledged (before and after the rebuild) is there.
+    let m = c.status().master.expect("a master after the rebuild");
+    sql_tcp(c.rw_port(m), "INSERT INTO app.d VALUES (3)").expect("write after the rebuild");
+    wait_converged(&c, m, "app.d", &[1, 2, 3]);
+    let rows = sql_socket(
+        &c.mariadb_socket(victim),
+        "SELECT GROUP_CONCAT(id ORDER BY id) FROM app.d",
+    )
+    .expect("read the rebuilt replica");
+    assert_eq!(rows.trim(), "1,2,3", "roles seen: {roles_seen:?}");
+    // The old datadir is kept for the operator, not deleted.
+    let kept: Vec<_> = std::fs::read_dir(&c.node(victim).config.node.data_dir)
+        .expect("node dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("mariadb.diverged-")
+        })
+        .collect();
+    assert_eq!(
+        kept.len(),
+        1,
+        "expected the old datadir kept beside the new one"
+    );
 }
 
 #[test]

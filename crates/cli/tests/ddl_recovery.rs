@@ -16,7 +16,10 @@ const FAILOVER: Duration = Duration::from_secs(90);
 
 #[test]
 fn a_master_fenced_during_ddl_recovery_is_diverged_and_never_serves() {
-    let c = Cluster::start(3);
+    let c = Cluster::start_with(3, |cfg| {
+        // This test watches the diverged state itself; rebuilding is tested in cluster.rs.
+        cfg.mariadb.auto_rebuild = false
+    });
     let m = c.wait_healthy(START);
     sql_tcp(
         c.rw_port(m),

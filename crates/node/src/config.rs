@@ -96,6 +96,14 @@ pub struct MariadbSection {
     /// accounts through the RW port instead.
     pub bootstrap_user: Option<String>,
     pub bootstrap_password: Option<String>,
+    /// A diverged node rebuilds its mariadbd from a healthy replica by itself (a
+    /// `mariadb-backup` stream over the peer port; the old datadir is kept beside the new one).
+    /// Off: it waits for an operator.
+    pub auto_rebuild: bool,
+    /// `mariadb-backup` and `mbstream` (package mariadb-backup), for rebuilds. Not required to
+    /// start: a rebuild without them fails with a problem in `quorumsql status`.
+    pub mariadb_backup: PathBuf,
+    pub mbstream: PathBuf,
 }
 
 impl Default for MariadbSection {
@@ -107,6 +115,9 @@ impl Default for MariadbSection {
             max_transaction_bytes: 1 << 30,
             bootstrap_user: None,
             bootstrap_password: None,
+            auto_rebuild: true,
+            mariadb_backup: PathBuf::from("/usr/bin/mariadb-backup"),
+            mbstream: PathBuf::from("/usr/bin/mbstream"),
         }
     }
 }

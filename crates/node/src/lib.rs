@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod admin_client;
 pub mod capture;
+pub mod commit_alarm;
 pub mod config;
 pub mod daemon;
 pub mod log_adapters;
@@ -11,6 +12,7 @@ pub mod mariadb;
 pub mod planted;
 pub mod proxy;
 pub mod proxy_glue;
+pub mod rebuild;
 pub mod roles;
 pub mod serve;
 pub mod sql;

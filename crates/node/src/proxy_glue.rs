@@ -239,14 +239,25 @@ pub async fn start(
         });
     }
 
-    // Connections other nodes' proxies forward to us.
+    // Connections other nodes' proxies forward to us, and backups a rebuilding node asks for.
     match net.take_stream_receiver() {
         Some(mut streams) => {
             let proxy = proxy.clone();
+            let cfg = Arc::new(cfg.clone());
+            let socket = Arc::new(crate::mariadb::MariadbConfig::from_node_config(&cfg).socket());
+            let roles = roles.clone();
             tokio::spawn(async move {
                 while let Some(s) = streams.recv().await {
                     match s.purpose {
                         StreamPurpose::Proxy => proxy.serve_peer_stream(s.from, s.stream),
+                        StreamPurpose::Rebuild => {
+                            let donate = may_donate(&roles.borrow());
+                            tracing::info!(to = %s.from, ?donate, "rebuild: backup requested");
+                            let (cfg, socket) = (cfg.clone(), socket.clone());
+                            tokio::spawn(async move {
+                                crate::rebuild::serve_backup(&cfg, &socket, s.stream, donate).await
+                            });
+                        }
                         other => {
                             warn!(from = %s.from, ?other, "peer stream with an unexpected purpose dropped")
                         }
@@ -257,4 +268,18 @@ pub async fn start(
         None => return Err("the peer stream receiver was already taken".into()),
     }
     Ok(proxy)
+}
+
+/// Only a healthy replica donates a backup: its data holds nothing the log has not accepted
+/// (see `rebuild`).
+fn may_donate(role: &RoleSnapshot) -> Result<(), String> {
+    if role.role == Role::Replica && role.healthy() {
+        Ok(())
+    } else {
+        Err(format!(
+            "only a healthy replica donates; this node is {}{}",
+            role.role.as_str(),
+            if role.healthy() { "" } else { " and unhealthy" }
+        ))
+    }
 }

@@ -53,6 +53,11 @@ pub fn free_base_port(n: u64) -> u16 {
 impl Cluster {
     /// Writes configs for `n` nodes and starts every node.
     pub fn start(n: u64) -> Cluster {
+        Cluster::start_with(n, |_| {})
+    }
+
+    /// Like [`Cluster::start`], with every node's config changed by `edit` first.
+    pub fn start_with(n: u64, edit: impl Fn(&mut NodeConfig)) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("quorumsql-test-")
             .tempdir()
@@ -75,7 +80,10 @@ impl Cluster {
         let nodes = (1..=n)
             .map(|id| {
                 let config_path = dir.path().join(format!("node{id}.toml"));
-                let config = NodeConfig::load(&config_path).expect("config written by up");
+                let mut config = NodeConfig::load(&config_path).expect("config written by up");
+                edit(&mut config);
+                let text = config.to_toml().expect("config serialises");
+                std::fs::write(&config_path, text).expect("write edited config");
                 Node {
                     id,
                     config_path,

@@ -44,6 +44,8 @@ pub enum Role {
     Master,
     Fenced,
     Diverged,
+    /// A diverged node fetching a backup from a healthy replica (`crate::rebuild`).
+    Rebuilding,
 }
 
 impl Role {
@@ -55,6 +57,7 @@ impl Role {
             Role::Master => "master",
             Role::Fenced => "fenced",
             Role::Diverged => "diverged",
+            Role::Rebuilding => "rebuilding",
         }
     }
 }
@@ -353,6 +356,9 @@ impl Roles {
         if fresh {
             self.bootstrap_accounts().await.map_err(StartError::Retry)?;
         }
+        self.apply_rebuild_marker()
+            .await
+            .map_err(StartError::Retry)?;
         self.rejoin_check(true).await?;
         self.configure_replication()
             .await
@@ -1125,13 +1131,15 @@ impl Roles {
         self.sigkill_mariadb();
         self.publish(|s| s.mariadb_pid = None);
         self.set_priority(0);
-        self.set_role(
-            Role::Diverged,
-            vec![format!(
-                "diverged: {why}. This node's data is not part of the cluster's history: rebuild it from a healthy node (stop this node, move {} away, start it again)",
-                self.cfg.mariadb_dir().display()
-            )],
+        let manual = format!(
+            "diverged: {why}. This node's data is not part of the cluster's history: rebuild it from a healthy node (stop this node, move {} away, start it again)",
+            self.cfg.mariadb_dir().display()
         );
+        self.set_role(Role::Diverged, vec![manual.clone()]);
+        // Give the cluster a moment to settle (a fenced master's successor is being elected)
+        // before asking a replica for a backup.
+        let mut next_rebuild = Instant::now() + REBUILD_FIRST_DELAY;
+        let mut backoff = REBUILD_FIRST_DELAY;
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             self.report_member(false, true);
@@ -1140,7 +1148,130 @@ impl Roles {
                     let _ = self.log.transfer_leader(to).await;
                 }
             }
+            if !self.cfg.mariadb.auto_rebuild || Instant::now() < next_rebuild {
+                continue;
+            }
+            match self.rebuild(&why).await {
+                Ok(()) => return,
+                Err(e) => {
+                    backoff = (backoff * 2).min(REBUILD_MAX_BACKOFF);
+                    next_rebuild = Instant::now() + backoff;
+                    warn!(error = %e, retry_in = ?backoff, "automatic rebuild failed");
+                    self.set_role(
+                        Role::Diverged,
+                        vec![format!(
+                            "{manual}. Automatic rebuild failed ({e}); next attempt in {}s",
+                            backoff.as_secs()
+                        )],
+                    );
+                }
+            }
         }
+    }
+
+    /// Replaces this node's datadir with a backup of a healthy replica (`crate::rebuild`).
+    /// mariadbd is already stopped. On success the next start applies the backup's GTID state.
+    async fn rebuild(&mut self, why: &str) -> Result<(), String> {
+        let st = self.log.status();
+        let master = st.master.map(|(n, _)| n);
+        // A master refuses to donate (its binlog can hold a commit the log never accepts):
+        // ask the others first, the master last in case it has become a replica since.
+        let mut donors: Vec<NodeId> = st
+            .membership
+            .voters
+            .iter()
+            .copied()
+            .filter(|n| *n != self.me && Some(*n) != master)
+            .collect();
+        donors.extend(master.filter(|m| *m != self.me));
+        if donors.is_empty() {
+            return Err("no other member to rebuild from".into());
+        }
+        self.set_role(
+            Role::Rebuilding,
+            vec![format!(
+                "rebuilding from a healthy replica with mariadb-backup (was diverged: {why})"
+            )],
+        );
+        // While the backup travels the log must keep everything after it: report as a member
+        // that is restarting (not diverged, nothing verified), which holds compaction.
+        self.verified = None;
+        self.report_member(false, false);
+        let mut errors = Vec::new();
+        for donor in donors {
+            let stream = match self
+                .log
+                .peers()
+                .open_stream(donor, quorumsql_peer::StreamPurpose::Rebuild)
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    errors.push(format!("node{}: {e}", donor.0));
+                    continue;
+                }
+            };
+            info!(%donor, "rebuild: receiving a backup");
+            // Keep handing leadership away and holding the log while the backup runs.
+            let keeper = {
+                let log = self.log.clone();
+                let me = self.me;
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        log.report_member(None, false, false);
+                        if log.status().role == RaftRole::Leader {
+                            if let Some(to) = best_peer_of(&log, me) {
+                                let _ = log.transfer_leader(to).await;
+                            }
+                        }
+                    }
+                })
+            };
+            let result = crate::rebuild::receive_and_install(&self.cfg, donor.0, stream).await;
+            keeper.abort();
+            match result {
+                Ok(state) => {
+                    info!(%donor, gtid_state = %state, "rebuild: done; starting from the backup");
+                    let _ = std::fs::remove_file(verified_path(&self.cfg));
+                    return Ok(());
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        Err(errors.join("; "))
+    }
+
+    /// After a rebuild, the first start gives mariadbd the backup's GTID state: an empty binlog
+    /// whose `gtid_binlog_state` (and `gtid_slave_pos`) is the donor's at the backup point, so
+    /// serve streams from exactly there (DESIGN §3).
+    async fn apply_rebuild_marker(&mut self) -> Result<(), String> {
+        let marker = self.cfg.node.data_dir.join(crate::rebuild::REBUILD_MARKER);
+        let text = match std::fs::read_to_string(&marker) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("cannot read {}: {e}", marker.display())),
+        };
+        let state: GtidState = text
+            .trim()
+            .parse()
+            .map_err(|e| format!("{} holds no GTID state: {e}", marker.display()))?;
+        let state_sql = state.to_string();
+        self.exec("RESET MASTER").await?;
+        self.exec(&format!("SET GLOBAL gtid_binlog_state = '{state_sql}'"))
+            .await?;
+        self.exec(&format!("SET GLOBAL gtid_slave_pos = '{state_sql}'"))
+            .await?;
+        // The donor verified its data against the log; the backup point is as trusted.
+        self.verified = state.get(0);
+        if let Some(g) = self.verified {
+            std::fs::write(verified_path(&self.cfg), g.to_string())
+                .map_err(|e| format!("cannot record the verified GTID: {e}"))?;
+        }
+        std::fs::remove_file(&marker)
+            .map_err(|e| format!("cannot remove {}: {e}", marker.display()))?;
+        info!(gtid_state = %state_sql, "rebuilt datadir: GTID state set from the backup");
+        Ok(())
     }
 
     /// Tells the cluster what this node's mariadbd holds *and has been verified to be part of
@@ -1188,12 +1319,7 @@ impl Roles {
     }
 
     fn best_peer(&self) -> Option<NodeId> {
-        let st = self.log.status();
-        st.peers
-            .iter()
-            .filter(|p| p.node != self.me && p.voter)
-            .max_by_key(|p| p.matched)
-            .map(|p| p.node)
+        best_peer_of(&self.log, self.me)
     }
 
     async fn stop_capture(&mut self) {
@@ -1379,6 +1505,21 @@ impl Roles {
         }))
     }
 }
+
+/// The most caught-up other voter, as the leader sees it (where leadership is handed).
+fn best_peer_of(log: &LogHandle, me: NodeId) -> Option<NodeId> {
+    log.status()
+        .peers
+        .iter()
+        .filter(|p| p.node != me && p.voter)
+        .max_by_key(|p| p.matched)
+        .map(|p| p.node)
+}
+
+/// A diverged node waits this long before its first rebuild attempt; failures back off up to
+/// [`REBUILD_MAX_BACKOFF`].
+const REBUILD_FIRST_DELAY: Duration = Duration::from_secs(3);
+const REBUILD_MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 fn verified_path(cfg: &NodeConfig) -> std::path::PathBuf {
     cfg.node.data_dir.join("verified_gtid")
