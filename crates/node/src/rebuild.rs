@@ -315,7 +315,12 @@ pub async fn receive_and_install(
         })?;
     run_ok(&mut prepare, "mariadb-backup --prepare", &prepare_log).await?;
 
-    let info = staging.join("mariadb_backup_binlog_info");
+    // MariaDB 10.11 writes `xtrabackup_binlog_info`; newer versions `mariadb_backup_binlog_info`.
+    let info = ["mariadb_backup_binlog_info", "xtrabackup_binlog_info"]
+        .iter()
+        .map(|n| staging.join(n))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| staging.join("xtrabackup_binlog_info"));
     let text = tokio::fs::read_to_string(&info)
         .await
         .map_err(|e| RebuildError::NoGtid {
@@ -379,7 +384,7 @@ async fn run_ok(
     }
 }
 
-/// The GTID state from `mariadb_backup_binlog_info` ("file<TAB>position<TAB>gtid-list"): the
+/// The GTID state from `xtrabackup_binlog_info` ("file<TAB>position<TAB>gtid-list"): the
 /// donor's `gtid_binlog_pos` at the backup's consistent point. An empty list is valid (a donor
 /// that has applied nothing yet).
 pub fn parse_binlog_info(text: &str) -> Result<String, String> {

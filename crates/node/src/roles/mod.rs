@@ -136,7 +136,34 @@ enum FenceReason {
     SwitchedOver(NodeId),
     /// A planned switchover could not finish safely (DESIGN §3: fence when a commit still waits).
     SwitchoverStuck(String),
+    /// mariadbd stopped writing its binlog (design-review 2): commits since then are in InnoDB
+    /// but in no log entry, so the node is diverged, not merely fenced.
+    BinlogLost(String),
 }
+
+impl FenceReason {
+    /// The fences after which this node's data can hold commits the log never accepted.
+    fn diverges(&self) -> Option<String> {
+        match self {
+            FenceReason::BinlogLost(why) => Some(format!(
+                "mariadbd stopped writing its binlog while master ({why}); commits since then may be in its data and in no log entry"
+            )),
+            _ => None,
+        }
+    }
+
+    /// A canary failure, told apart by what it found.
+    fn canary(e: String) -> FenceReason {
+        if e.contains(BINLOG_OFF) {
+            FenceReason::BinlogLost(e)
+        } else {
+            FenceReason::CanaryStalled(e)
+        }
+    }
+}
+
+/// How the canary words a commit that wrote no binlog event.
+const BINLOG_OFF: &str = "binary logging is off";
 
 impl std::fmt::Display for FenceReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -152,6 +179,7 @@ impl std::fmt::Display for FenceReason {
                 write!(f, "planned switchover: {to} is the new master")
             }
             FenceReason::SwitchoverStuck(e) => write!(f, "planned switchover: {e}"),
+            FenceReason::BinlogLost(e) => write!(f, "the binlog stopped: {e}"),
         }
     }
 }
@@ -193,6 +221,8 @@ pub struct Roles {
     switchover_rx: Option<mpsc::Receiver<SwitchoverRequest>>,
     /// Raised while a switchover drains this master (read by the proxy per client packet).
     gate: SwitchoverGate,
+    /// Raised by the proxy when mariadbd answered a commit the log does not hold.
+    commit_alarm: crate::commit_alarm::CommitAlarm,
 }
 
 impl Roles {
@@ -223,7 +253,14 @@ impl Roles {
             low_priority_until: None,
             switchover_rx: None,
             gate: SwitchoverGate::default(),
+            commit_alarm: crate::commit_alarm::CommitAlarm::default(),
         }
+    }
+
+    /// Fences the master as soon as the proxy raises `alarm` (see `crate::commit_alarm`).
+    pub fn with_commit_alarm(mut self, alarm: crate::commit_alarm::CommitAlarm) -> Roles {
+        self.commit_alarm = alarm;
+        self
     }
 
     /// Lets the master accept planned switchovers from `requests`; `gate` is the one the proxy's
@@ -287,6 +324,14 @@ impl Roles {
             };
             if let Some(reason) = reason {
                 self.fence(&reason).await;
+                if let Some(why) = reason.diverges() {
+                    // Remembered across restarts: the GTID-based rejoin check cannot see
+                    // commits that never reached the binlog.
+                    if let Err(e) = write_synced_file(&diverged_path(&self.cfg), &why) {
+                        error!(%e, "cannot record the divergence; it is lost if this process restarts");
+                    }
+                    self.diverged(why).await;
+                }
             }
             // A short pause so a crash loop cannot spin.
             tokio::select! {
@@ -316,6 +361,13 @@ impl Roles {
 
     async fn start_replica(&mut self) -> Result<(), StartError> {
         self.set_role(Role::Starting, vec![]);
+        if let Ok(why) = std::fs::read_to_string(diverged_path(&self.cfg)) {
+            return Err(StartError::Diverged(format!(
+                "{} (recorded in {})",
+                why.trim(),
+                diverged_path(&self.cfg).display()
+            )));
+        }
         self.admin = None;
         let deadline = Instant::now() + self.timing.mariadb_ready;
         let db = &mut self.db;
@@ -462,6 +514,8 @@ impl Roles {
     // ----- promotion (DESIGN §3, steps 1–8, in this order) --------------------------------
 
     async fn promote(&mut self, term: u64) -> Result<(), FenceReason> {
+        // An alarm from an earlier mariadbd's mastership says nothing about this one.
+        self.commit_alarm.reset();
         // A gate left raised by an earlier switchover of this node must not stop the new term.
         self.gate.set(false);
         self.set_role(Role::Promoting, vec![]);
@@ -625,9 +679,14 @@ impl Roles {
         let mut no_tx: Option<u64> = None;
         let mut next_audit = Instant::now();
         let mut next_report = Instant::now();
+        // The running mariadbd's error log, read as it grows: "Turning logging off" after a
+        // failed binlog rotation must fence at once (design-review 2), not at the next canary.
+        let mut error_log = self.db.error_log_since_start();
+        let mut alarm_rx = self.commit_alarm.subscribe();
         let reason = loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.timing.poll) => {}
+                _ = alarm_rx.changed() => {}
                 r = status_rx.changed() => {
                     // A stopped log closes the channel: `changed` would then return at once on
                     // every turn; fall back to the poll interval instead of spinning.
@@ -664,6 +723,16 @@ impl Roles {
                     break FenceReason::LeaseLapsed(since.elapsed());
                 }
             }
+            if let Some(why) = self.commit_alarm.raised() {
+                break FenceReason::BinlogLost(format!("the proxy held back an OK: {why}"));
+            }
+            if let Some(f) = error_log.scan().ok().and_then(|found| {
+                found
+                    .into_iter()
+                    .find(|f| matches!(f.consequence(), Consequence::Fatal | Consequence::Diverged))
+            }) {
+                break FenceReason::BinlogLost(format!("mariadbd error log: {f:?}"));
+            }
             if let Some(why) = self.capture_ended() {
                 break FenceReason::CaptureStopped(why);
             }
@@ -673,7 +742,7 @@ impl Roles {
                         no_tx = Some(n);
                         next_canary = started + self.timing.canary_every;
                     }
-                    Ok(Err(e)) => break FenceReason::CanaryStalled(e),
+                    Ok(Err(e)) => break FenceReason::canary(e),
                     Err(e) => break FenceReason::CanaryStalled(format!("canary task: {e}")),
                 },
                 Some((started, task)) => {
@@ -713,7 +782,7 @@ impl Roles {
                             let _ = req.reply.send(Err(SwitchoverError::MasterLost(format!(
                                 "canary commit failed: {e}"
                             ))));
-                            break FenceReason::CanaryStalled(e);
+                            break FenceReason::canary(e);
                         }
                         Ok(Err(e)) => {
                             let _ = req
@@ -1234,6 +1303,14 @@ impl Roles {
                 Ok(state) => {
                     info!(%donor, gtid_state = %state, "rebuild: done; starting from the backup");
                     let _ = std::fs::remove_file(verified_path(&self.cfg));
+                    if let Err(e) = std::fs::remove_file(diverged_path(&self.cfg)) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            return Err(format!(
+                                "rebuilt, but cannot remove {}: {e}",
+                                diverged_path(&self.cfg).display()
+                            ));
+                        }
+                    }
                     return Ok(());
                 }
                 Err(e) => errors.push(e.to_string()),
@@ -1521,6 +1598,22 @@ fn best_peer_of(log: &LogHandle, me: NodeId) -> Option<NodeId> {
 const REBUILD_FIRST_DELAY: Duration = Duration::from_secs(3);
 const REBUILD_MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// Where a divergence found while running (not by the rejoin check) is recorded.
+fn diverged_path(cfg: &NodeConfig) -> std::path::PathBuf {
+    cfg.node.data_dir.join("diverged_reason")
+}
+
+fn write_synced_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 fn verified_path(cfg: &NodeConfig) -> std::path::PathBuf {
     cfg.node.data_dir.join("verified_gtid")
 }
@@ -1574,7 +1667,7 @@ async fn canary_commit(
     // The session's own last GTID: empty when the commit bypassed the binlog.
     let gtid = conn.query_value("SELECT @@last_gtid").await.map_err(e)?;
     if gtid.as_deref().is_none_or(str::is_empty) {
-        return Err("canary commit produced no GTID: binary logging is off".into());
+        return Err(format!("canary commit produced no GTID: {BINLOG_OFF}"));
     }
     // DESIGN §2 health of the write path. SHOW STATUS can wait behind commits, which is why
     // these checks live here, on the canary's own task, and not in the master loop.
@@ -1606,7 +1699,7 @@ async fn canary_commit(
     }
     let master = conn.query("SHOW MASTER STATUS").await.map_err(e)?;
     if master.is_empty() {
-        return Err("SHOW MASTER STATUS is empty: binary logging is off".into());
+        return Err(format!("SHOW MASTER STATUS is empty: {BINLOG_OFF}"));
     }
     let _ = conn.quit().await;
     Ok(no_tx)
