@@ -329,6 +329,16 @@ fn never_from_network(t: MessageType) -> bool {
     )
 }
 
+/// A vote or pre-vote granted: such a message must pass the vote hold-off filter at the end of
+/// a poll (`LogCore::withhold_votes_in_hold_off`) and is never released early.
+fn grants_vote(m: &Message) -> bool {
+    !m.reject
+        && matches!(
+            m.get_msg_type(),
+            MessageType::MsgRequestVoteResponse | MessageType::MsgRequestPreVoteResponse
+        )
+}
+
 /// splitmix64: tiny deterministic PRNG for the simulator's election timeouts.
 #[derive(Debug, Clone)]
 struct SplitMix(u64);
@@ -861,12 +871,33 @@ impl<S: LogStore> LogCore<S> {
     /// has ready after it, and returns the messages that may only leave after persisting, applied
     /// commands, proposal outcomes and events.
     pub fn finish_poll(&mut self, now: BootInstant) -> Result<Output, LogError> {
+        let mut released = Vec::new();
+        let mut out = self.finish_poll_with(now, &mut |m| released.extend(m))?;
+        released.append(&mut out.messages);
+        out.messages = released;
+        Ok(out)
+    }
+
+    /// [`LogCore::finish_poll`] that hands messages to `release` as soon as they may leave,
+    /// before the poll is over: a follower's append responses go right after its fsync, before
+    /// it applies committed entries and advances raft (raft-rs only requires persisted messages
+    /// to follow the persistence of their Ready). Messages passed to `release` come before every
+    /// message in the returned `Output`, in raft's order.
+    pub fn finish_poll_with(
+        &mut self,
+        now: BootInstant,
+        release: &mut dyn FnMut(Vec<Message>),
+    ) -> Result<Output, LogError> {
         self.check_running()?;
-        self.settle()?;
+        if let Some((rd, at)) = self.unpersisted.take() {
+            if let Err(e) = self.process_ready(rd, at, Some(&mut *release)) {
+                return Err(self.fail(e));
+            }
+        }
         while self.raw.has_ready() {
             let mut rd = self.raw.ready();
             self.out.messages.extend(rd.take_messages());
-            if let Err(e) = self.process_ready(rd, now) {
+            if let Err(e) = self.process_ready(rd, now, Some(&mut *release)) {
                 return Err(self.fail(e));
             }
         }
@@ -882,7 +913,7 @@ impl<S: LogStore> LogCore<S> {
     fn settle(&mut self) -> Result<(), LogError> {
         self.check_running()?;
         if let Some((rd, at)) = self.unpersisted.take() {
-            if let Err(e) = self.process_ready(rd, at) {
+            if let Err(e) = self.process_ready(rd, at, None) {
                 return Err(self.fail(e));
             }
         }
@@ -894,13 +925,7 @@ impl<S: LogStore> LogCore<S> {
     /// the vote; withholding the answer only costs the candidate time.
     fn withhold_votes_in_hold_off(&self, messages: &mut Vec<Message>, now: BootInstant) {
         if self.in_vote_hold_off(now) {
-            messages.retain(|m| {
-                let vote = matches!(
-                    m.get_msg_type(),
-                    MessageType::MsgRequestVoteResponse | MessageType::MsgRequestPreVoteResponse
-                );
-                m.reject || !vote
-            });
+            messages.retain(|m| !grants_vote(m));
         }
     }
 
@@ -952,17 +977,38 @@ impl<S: LogStore> LogCore<S> {
         r.state == StateRole::Leader && r.lead_transferee.is_none()
     }
 
-    /// The rest of one Ready whose leader messages were taken, in raft-rs's documented order:
-    /// install a snapshot, apply committed entries, persist entries and hard state, only then
-    /// release persisted messages, advance, handle the light ready, advance apply.
-    fn process_ready(&mut self, mut rd: Ready, now: BootInstant) -> Result<(), LogError> {
+    /// The rest of one Ready whose leader messages were taken: install a snapshot, persist
+    /// entries and hard state, release the persisted messages, apply committed entries, advance,
+    /// handle the light ready, advance apply.
+    ///
+    /// raft-rs documents "apply, then persist, then send persisted messages"; this order is
+    /// "persist, send, apply", which raft-rs 0.7 equally allows and which takes the apply off a
+    /// follower's commit path (its append response leaves right after its fsync). Why it is safe:
+    /// - persisted messages still leave only after this Ready's entries, hard state and snapshot
+    ///   are durable (`append` / `install_snapshot` return after the fsync), which is all that
+    ///   raft's safety needs from them;
+    /// - the committed entries were taken from raft before persisting and are at or below the
+    ///   commit index, which new entries never truncate, so persisting first cannot change them;
+    ///   they are still applied before `advance`, so raft sees the same sequence of calls;
+    /// - the state machine's accept rules depend only on the log order, never on when an entry
+    ///   is applied relative to a message, and the lease is decided on the leader from echoed
+    ///   contexts, not from anything a follower applies;
+    /// - the one thing applying may change about messages is the vote hold-off (a conf change
+    ///   that makes this node a voter starts one, and a vote granted in the same poll must not
+    ///   leave during it): a batch with a granted vote is never released early, it waits for
+    ///   the hold-off filter at the end of the poll as before.
+    fn process_ready(
+        &mut self,
+        mut rd: Ready,
+        now: BootInstant,
+        release: Option<&mut dyn FnMut(Vec<Message>)>,
+    ) -> Result<(), LogError> {
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
             self.install_snapshot(&snap, rd.hs().cloned(), now)?;
         }
 
         let committed = rd.take_committed_entries();
-        self.apply_entries(committed, now)?;
 
         let sync = rd.must_sync();
         if !rd.entries().is_empty() || rd.hs().is_some() {
@@ -973,11 +1019,26 @@ impl<S: LogStore> LogCore<S> {
                 .append(rd.entries(), hs.as_ref(), sync)?;
         }
 
+        let persisted = rd.take_persisted_messages();
+        // Released early only when nothing taken before is still waiting in `self.out` (so the
+        // caller keeps raft's order) and no vote is granted in it (see above).
+        match release {
+            Some(release)
+                if !persisted.is_empty()
+                    && self.out.messages.is_empty()
+                    && !persisted.iter().any(grants_vote) =>
+            {
+                release(persisted)
+            }
+            _ => self.out.messages.extend(persisted),
+        }
+
         for rs in rd.take_read_states() {
             self.on_read_state(rs);
         }
 
-        self.out.messages.extend(rd.take_persisted_messages());
+        self.apply_entries(committed, now)?;
+
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
             let store = self.raw.mut_store().store_mut();

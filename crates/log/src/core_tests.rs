@@ -5,7 +5,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use raft::eraftpb::{Message, MessageType};
 
-use crate::core::{LogConfig, LogCore, LogError, LogEvent, ProposeError, Role, StepOutcome};
+use crate::core::{
+    LogConfig, LogCore, LogError, LogEvent, Output, ProposeError, Role, StepOutcome,
+};
 use crate::entry::{Command, TxnChunk};
 use crate::state_machine::Outcome;
 use crate::store::{LogStore, MemStore, RaftEngineStore};
@@ -535,6 +537,105 @@ fn the_leader_sends_entries_before_persisting_them_and_followers_only_after() {
             .contains(&(c.nodes[l].id().0, ProposalId(1), Outcome::Accepted)),
         "{:?}",
         c.outcomes
+    );
+}
+
+/// Polls `node` with `finish_poll_with`, returning what it released early and the rest.
+fn poll_releasing(node: &mut LogCore<MemStore>, now: BootInstant) -> (Vec<Message>, Output) {
+    let early = node.begin_poll(now).unwrap();
+    let mut released = early;
+    let out = node
+        .finish_poll_with(now, &mut |m| released.extend(m))
+        .unwrap();
+    (released, out)
+}
+
+#[test]
+fn a_follower_releases_its_append_response_in_the_poll_that_applies_the_previous_entry() {
+    let mut c = Cluster::new(3);
+    let l = c.elect_and_promote();
+    let f = (l + 1) % 3;
+    let fid = c.nodes[f].id().0;
+    let now = c.t();
+    let epoch = Epoch(c.nodes[l].term());
+    // Entry 1 reaches the follower and commits, but the leader's commit notice is dropped.
+    let cmd = Command::Append {
+        epoch,
+        prev_gtid: None,
+        txns: vec![txn(1, "one")],
+    };
+    c.nodes[l].propose(ProposalId(1), cmd).unwrap();
+    let out = c.nodes[l].poll(now).unwrap();
+    let to_f: Vec<Message> = out.messages.into_iter().filter(|m| m.to == fid).collect();
+    deliver(&mut c, to_f);
+    let (released, out) = poll_releasing(&mut c.nodes[f], now);
+    assert!(out.messages.is_empty(), "{:?}", out.messages);
+    deliver(&mut c, released);
+    let out = c.nodes[l].poll(now).unwrap();
+    assert!(out.outcomes.contains(&(ProposalId(1), Outcome::Accepted)));
+    let applied_before = c.nodes[f].applied_index();
+
+    // Entry 2's append carries the commit of entry 1: the follower releases its answer (after
+    // persisting entry 2) and applies entry 1 in the same poll, after the release.
+    let cmd = Command::Append {
+        epoch,
+        prev_gtid: Some(Gtid::new(0, 1, 1)),
+        txns: vec![txn(2, "two")],
+    };
+    c.nodes[l].propose(ProposalId(2), cmd).unwrap();
+    let out = c.nodes[l].poll(now).unwrap();
+    let to_f: Vec<Message> = out.messages.into_iter().filter(|m| m.to == fid).collect();
+    let index2 = to_f
+        .iter()
+        .find_map(|m| m.entries.last().map(|e| e.index))
+        .expect("an append with entry 2");
+    deliver(&mut c, to_f);
+    let (released, out) = poll_releasing(&mut c.nodes[f], now);
+    assert!(
+        released
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgAppendResponse
+                && !m.reject
+                && m.index == index2),
+        "released: {released:?}"
+    );
+    assert!(out.messages.is_empty(), "nothing left: {:?}", out.messages);
+    assert!(c.nodes[f].store().last_index() >= index2);
+    assert!(
+        c.nodes[f].applied_index() > applied_before,
+        "entry 1 applied in the same poll"
+    );
+    assert!(out
+        .applied
+        .iter()
+        .any(|a| a.completed.contains(&Gtid::new(0, 1, 1))));
+}
+
+#[test]
+fn a_granted_vote_is_never_released_early() {
+    let mut c = Cluster::new(3);
+    // Past every node's vote hold-off, before any election.
+    c.now = 300 * MS;
+    let now = c.t();
+    c.nodes[0].campaign(now).unwrap();
+    let (released, out) = poll_releasing(&mut c.nodes[0], now);
+    assert!(
+        released
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgRequestPreVote),
+        "a candidate's requests leave once its state is persisted: {released:?} / {:?}",
+        out.messages
+    );
+    let to_2: Vec<Message> = released.into_iter().filter(|m| m.to == 2).collect();
+    deliver(&mut c, to_2);
+    let (released, out) = poll_releasing(&mut c.nodes[1], now);
+    assert!(released.is_empty(), "{released:?}");
+    assert!(
+        out.messages
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgRequestPreVoteResponse && !m.reject),
+        "the grant waits for the hold-off filter at the end of the poll: {:?}",
+        out.messages
     );
 }
 

@@ -509,13 +509,29 @@ impl<S: LogStore> Driver<S> {
         // right after its fsync.
         let mut deferred = Vec::new();
         if early.iter().any(carries_data) {
-            self.send(early, &mut failures);
+            send(&self.peers, early, &mut failures);
         } else {
             deferred = early;
         }
-        let mut out = self.core.finish_poll(BootInstant::now())?;
+        // A follower's append responses are released by the core right after its fsync, before
+        // it applies and advances, and leave at once (they are what the leader waits for). While
+        // deferred leader messages wait, released ones queue behind them to keep raft's order.
+        let peers = &self.peers;
+        let mut out = self
+            .core
+            .finish_poll_with(BootInstant::now(), &mut |released| {
+                if deferred.is_empty() {
+                    send(peers, released, &mut failures);
+                } else {
+                    deferred.extend(released);
+                }
+            })?;
         if deferred.is_empty() {
-            self.send(std::mem::take(&mut out.messages), &mut failures);
+            send(
+                &self.peers,
+                std::mem::take(&mut out.messages),
+                &mut failures,
+            );
         } else {
             deferred.append(&mut out.messages);
         }
@@ -523,7 +539,7 @@ impl<S: LogStore> Driver<S> {
         // applied position at least as new as its entry (promotion reads the GTID state then).
         self.publish(BootInstant::now());
         self.answer(out);
-        self.send(deferred, &mut failures);
+        send(&self.peers, deferred, &mut failures);
         for (to, delivered) in failures.snapshots {
             self.core.report_snapshot(to, delivered);
         }
@@ -536,32 +552,6 @@ impl<S: LogStore> Driver<S> {
             self.publish(BootInstant::now());
         }
         Ok(())
-    }
-
-    fn send(&mut self, messages: Vec<Message>, failures: &mut SendFailures) {
-        for m in messages {
-            let to = NodeId(m.to);
-            let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
-            let sent = match wire::encode(&m) {
-                Ok(f) => self
-                    .peers
-                    .send_on(to, wire::lane_of(&m), f)
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match sent {
-                // Snapshots ride the ordered bulk lane: appends sent after it arrive after it.
-                Ok(()) if is_snapshot => failures.snapshots.push((to, true)),
-                Ok(()) => {}
-                Err(why) => {
-                    if is_snapshot {
-                        failures.snapshots.push((to, false));
-                    }
-                    debug!(peer = %to, %why, "raft message not sent");
-                    failures.unreachable.insert(to);
-                }
-            }
-        }
     }
 
     fn answer(&mut self, out: Output) {
@@ -689,6 +679,32 @@ impl<S: LogStore> Driver<S> {
         }
         self.status_tx
             .send_replace(self.core.status(BootInstant::now()));
+    }
+}
+
+/// Sends raft messages on their lanes; failures are collected for raft (see `SendFailures`).
+fn send(peers: &PeerNet, messages: Vec<Message>, failures: &mut SendFailures) {
+    for m in messages {
+        let to = NodeId(m.to);
+        let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+        let sent = match wire::encode(&m) {
+            Ok(f) => peers
+                .send_on(to, wire::lane_of(&m), f)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match sent {
+            // Snapshots ride the ordered bulk lane: appends sent after it arrive after it.
+            Ok(()) if is_snapshot => failures.snapshots.push((to, true)),
+            Ok(()) => {}
+            Err(why) => {
+                if is_snapshot {
+                    failures.snapshots.push((to, false));
+                }
+                debug!(peer = %to, %why, "raft message not sent");
+                failures.unreachable.insert(to);
+            }
+        }
     }
 }
 

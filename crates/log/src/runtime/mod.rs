@@ -13,7 +13,9 @@
 //!    starts a lease round every heartbeat interval, proposes member reports (leader only), and
 //!    polls the core in two phases: the leader's messages (appends, heartbeats) are sent *before*
 //!    its own fsync, so leader and followers persist in parallel; the rest (votes, append
-//!    responses) only after it. Messages go through [`PeerNet`](quorumsql_peer::PeerNet) —
+//!    responses) only after it. A follower's append responses leave the moment its fsync
+//!    returns, before it applies committed entries (`LogCore::finish_poll_with`). Messages go
+//!    through [`PeerNet`](quorumsql_peer::PeerNet) —
 //!    heartbeats, votes, lease rounds and append responses on the urgent lane, entries on the
 //!    bulk lane — and unreachable peers are reported to raft;
 //! 4. answers proposers, compacts the log now and then (`crate::retention`), and publishes
