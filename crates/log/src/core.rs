@@ -867,6 +867,33 @@ impl<S: LogStore> LogCore<S> {
         Ok(early)
     }
 
+    /// Optional step between the phases of a poll, for a leader: applies the committed entries of
+    /// the Ready `begin_poll` took *before* that Ready's new entries are persisted, and returns
+    /// their results (outcomes, applied commands, events; never messages), so the caller can
+    /// answer those proposers while the fsync of the next batch is still to come. This is raft-rs's
+    /// documented order (apply, then persist). Safe: committed entries are already durable on a
+    /// quorum and never truncated; applying them does not depend on the entries persisted after
+    /// them, and an answer covers only its own, committed, entry. A follower should not call it:
+    /// its append response must not wait for applying (see `process_ready`).
+    pub fn apply_before_persist(&mut self, now: BootInstant) -> Result<Output, LogError> {
+        self.check_running()?;
+        let committed = match self.unpersisted.as_mut() {
+            Some((rd, _)) => rd.take_committed_entries(),
+            None => Vec::new(),
+        };
+        if !committed.is_empty() {
+            if let Err(e) = self.apply_entries(committed, now) {
+                return Err(self.fail(e));
+            }
+        }
+        Ok(Output {
+            outcomes: std::mem::take(&mut self.out.outcomes),
+            applied: std::mem::take(&mut self.out.applied),
+            events: std::mem::take(&mut self.out.events),
+            ..Output::default()
+        })
+    }
+
     /// Phase 2 of a poll: persists (fsync) and applies what `begin_poll` took and whatever raft
     /// has ready after it, and returns the messages that may only leave after persisting, applied
     /// commands, proposal outcomes and events.

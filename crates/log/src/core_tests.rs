@@ -612,6 +612,58 @@ fn a_follower_releases_its_append_response_in_the_poll_that_applies_the_previous
 }
 
 #[test]
+fn a_leader_answers_committed_proposals_before_persisting_the_next_batch() {
+    let mut c = Cluster::new(3);
+    let l = c.elect_and_promote();
+    let now = c.t();
+    let epoch = Epoch(c.nodes[l].term());
+    let cmd = Command::Append {
+        epoch,
+        prev_gtid: None,
+        txns: vec![txn(1, "one")],
+    };
+    c.nodes[l].propose(ProposalId(1), cmd).unwrap();
+    let out = c.nodes[l].poll(now).unwrap();
+    // The followers persist and answer; their answers reach the leader, not yet polled.
+    deliver(&mut c, out.messages);
+    for f in (0..3).filter(|&i| i != l) {
+        let out = c.nodes[f].poll(now).unwrap();
+        let to_l: Vec<Message> = out
+            .messages
+            .into_iter()
+            .filter(|m| m.to == c.nodes[l].id().0)
+            .collect();
+        deliver(&mut c, to_l);
+    }
+    // The next proposal goes into the same Ready as the commit of the first.
+    let cmd = Command::Append {
+        epoch,
+        prev_gtid: Some(Gtid::new(0, 1, 1)),
+        txns: vec![txn(2, "two")],
+    };
+    c.nodes[l].propose(ProposalId(2), cmd).unwrap();
+    let early = c.nodes[l].begin_poll(now).unwrap();
+    let index2 = early
+        .iter()
+        .find_map(|m| m.entries.last().map(|e| e.index))
+        .expect("entry 2 is sent before it is persisted");
+    let pre = c.nodes[l].apply_before_persist(now).unwrap();
+    assert_eq!(pre.outcomes, vec![(ProposalId(1), Outcome::Accepted)]);
+    assert!(pre.messages.is_empty());
+    assert!(
+        c.nodes[l].store().last_index() < index2,
+        "answered before the next batch is persisted"
+    );
+    let out = c.nodes[l].finish_poll(now).unwrap();
+    assert!(c.nodes[l].store().last_index() >= index2);
+    assert!(
+        !out.outcomes.iter().any(|(p, _)| *p == ProposalId(1)),
+        "answered once: {:?}",
+        out.outcomes
+    );
+}
+
+#[test]
 fn a_granted_vote_is_never_released_early() {
     let mut c = Cluster::new(3);
     // Past every node's vote hold-off, before any election.

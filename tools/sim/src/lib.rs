@@ -15,7 +15,7 @@ use quorumsql_log::eraftpb::{
 };
 use quorumsql_log::{
     digest_of, BinlogPos, BootInstant, Command, Epoch, Gtid, LogConfig, LogCore, LogEvent,
-    LogStore, MemStore, NodeId, Outcome, ProposalId, ProposeError, Role, TxnChunk,
+    LogStore, MemStore, NodeId, Outcome, Output, ProposalId, ProposeError, Role, TxnChunk,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -716,8 +716,35 @@ impl Sim {
             self.crash(id, down);
             return;
         }
+        // Like the runtime, a leader applies and answers what this Ready commits before it
+        // persists the Ready's new entries (it may still crash before that fsync below).
+        if self.nodes[i].core.as_ref().map(|c| c.role()) == Some(Role::Leader) {
+            let pre = match self.nodes[i]
+                .core
+                .as_mut()
+                .map(|c| c.apply_before_persist(now))
+            {
+                Some(Ok(o)) => o,
+                Some(Err(e)) => {
+                    let s = format!("node{} apply before persist failed: {e}", i + 1);
+                    self.violate(s);
+                    return;
+                }
+                None => return,
+            };
+            self.absorb(i, pre);
+            if carries_entries && !self.settling && self.rng.gen_bool(CRASH_BEFORE_PERSIST) {
+                self.log(format!(
+                    "node{id} crashes after answering, before persisting its next entries"
+                ));
+                let down = self.rng.gen_range(ms(1)..ms(100));
+                self.stats.crashes_before_persist += 1;
+                self.crash(id, down);
+                return;
+            }
+        }
         // Phase 2: persist, apply, and the messages that must wait for the fsync.
-        let out = match self.nodes[i].core.as_mut().map(|c| c.finish_poll(now)) {
+        let mut out = match self.nodes[i].core.as_mut().map(|c| c.finish_poll(now)) {
             Some(Ok(o)) => o,
             Some(Err(e)) => {
                 let s = format!("node{} poll failed: {e}", i + 1);
@@ -727,9 +754,16 @@ impl Sim {
             None => return,
         };
         self.check_outgoing(i, &out.messages, now);
-        for m in out.messages {
+        for m in std::mem::take(&mut out.messages) {
             self.send(m);
         }
+        self.absorb(i, out);
+    }
+
+    /// Events, applied commands and proposal outcomes of one poll (or of the leader's
+    /// apply-before-persist step), checked and recorded.
+    fn absorb(&mut self, i: usize, out: Output) {
+        let id = self.nodes[i].id.0;
         let mut snapshot_resets: VecDeque<(u64, Epoch)> = VecDeque::new();
         for ev in &out.events {
             match ev {

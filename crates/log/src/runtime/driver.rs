@@ -513,6 +513,18 @@ impl<S: LogStore> Driver<S> {
         } else {
             deferred = early;
         }
+        // A leader answers the proposers whose entries this Ready commits before it fsyncs the
+        // next batch (a follower skips this: its append response must not wait for applying).
+        if self.core.role() == Role::Leader {
+            let applied = self.core.apply_before_persist(BootInstant::now())?;
+            if !applied.outcomes.is_empty()
+                || !applied.applied.is_empty()
+                || !applied.events.is_empty()
+            {
+                self.publish(BootInstant::now());
+                self.answer(applied);
+            }
+        }
         // A follower's append responses are released by the core right after its fsync, before
         // it applies and advances, and leave at once (they are what the leader waits for). While
         // deferred leader messages wait, released ones queue behind them to keep raft's order.
