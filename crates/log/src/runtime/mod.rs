@@ -14,10 +14,12 @@
 //!    polls the core in two phases: the leader's messages (appends, heartbeats) are sent *before*
 //!    its own fsync, so leader and followers persist in parallel; the rest (votes, append
 //!    responses) only after it. A follower's append responses leave the moment its fsync
-//!    returns, before it applies committed entries (`LogCore::finish_poll_with`). Messages go
-//!    through [`PeerNet`](quorumsql_peer::PeerNet) —
-//!    heartbeats, votes, lease rounds and append responses on the urgent lane, entries on the
-//!    bulk lane — and unreachable peers are reported to raft;
+//!    returns, before it applies committed entries (`LogCore::finish_poll_with`); a leader
+//!    answers the proposals a Ready commits before it fsyncs that Ready's new entries
+//!    (`LogCore::apply_before_persist`). Messages go through
+//!    [`PeerNet`](quorumsql_peer::PeerNet) — heartbeats, votes, lease rounds and append
+//!    responses on the urgent lane, entries on the bulk lane — and unreachable peers are
+//!    reported to raft;
 //! 4. answers proposers, compacts the log now and then (`crate::retention`), and publishes
 //!    status, the applied position and the lease.
 //!
