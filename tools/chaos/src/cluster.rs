@@ -25,6 +25,14 @@ impl Cluster {
         }
     }
 
+    /// The QuorumSQL cluster, for levers Galera has no counterpart of.
+    pub fn quorum(&self) -> Option<&QuorumCluster> {
+        match self {
+            Cluster::Quorum(c) => Some(c),
+            Cluster::Galera(_) => None,
+        }
+    }
+
     pub fn net(&self) -> &Network {
         match self {
             Cluster::Quorum(c) => c.net(),
@@ -155,17 +163,68 @@ impl Cluster {
         }
     }
 
-    /// Every node's database applied everything (replication caught up).
-    pub async fn wait_caught_up(&self, within: Duration) -> Result<(), String> {
+    /// After healing: a master and every node healthy, except nodes that report themselves
+    /// diverged, which stay so until an operator rebuilds them (the product has no automatic
+    /// rebuild): waiting for them would only run into the timeout. Returns those nodes, each
+    /// with what it says.
+    pub async fn wait_recovered(
+        &self,
+        within: Duration,
+    ) -> Result<Vec<(NodeIndex, String)>, NodesError> {
+        let c = match self {
+            Cluster::Quorum(c) => c,
+            Cluster::Galera(c) => return c.wait_ready(within).await.map(|_| Vec::new()),
+        };
+        let deadline = Instant::now() + within;
+        loop {
+            let st = c.cluster_status().await;
+            let diverged: Vec<(NodeIndex, String)> = st
+                .nodes
+                .iter()
+                .filter(|n| n.role == "diverged")
+                .filter_map(|n| {
+                    NodeIndex::try_from(n.id)
+                        .ok()
+                        .map(|i| (i, n.problems.join(" / ")))
+                })
+                .collect();
+            let healthy = st.nodes.iter().filter(|n| n.healthy).count();
+            if st.master.is_some() && healthy + diverged.len() >= st.nodes.len() {
+                return Ok(diverged);
+            }
+            if Instant::now() >= deadline {
+                return Err(NodesError::Timeout {
+                    what: "a master and every node healthy or diverged".into(),
+                    within,
+                    status: describe(&st),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Every node's database applied everything (replication caught up), but for `excluded`
+    /// nodes (diverged ones, whose mariadbd stays stopped until rebuilt).
+    pub async fn wait_caught_up(
+        &self,
+        within: Duration,
+        excluded: &[NodeIndex],
+    ) -> Result<(), String> {
         match self {
             Cluster::Quorum(c) => {
                 let deadline = Instant::now() + within;
                 loop {
                     let st = c.cluster_status().await;
                     let last = st.nodes.iter().filter_map(|n| n.last_gtid.clone()).max();
-                    let caught_up = st.nodes.iter().all(|n| {
-                        n.healthy && last.is_some() && n.applied_gtid.as_deref() == last.as_deref()
-                    });
+                    let caught_up = st
+                        .nodes
+                        .iter()
+                        .filter(|n| !excluded.iter().any(|&x| u64::from(x) == n.id))
+                        .all(|n| {
+                            n.healthy
+                                && last.is_some()
+                                && n.applied_gtid.as_deref() == last.as_deref()
+                        });
                     if caught_up {
                         return Ok(());
                     }

@@ -3,20 +3,24 @@
 //! recorded histories with `quorumsql-chaos-check`.
 //!
 //! ```text
+//! clock      libfaketime for the `clock-jump` nemesis: modes, environment, offset files
 //! cluster    the system under test: QuorumSQL (`nodes`) or Galera (`galera`), same levers
 //! net        network namespaces + bridge, partitions as blackhole routes; or loopback
 //! nodes      configs and `quorumsql node` processes; kill / pause / restart levers
 //! galera     `--target galera`: a MariaDB Galera cluster in the same namespaces
 //! nemesis    the seeded fault schedule and how each fault is applied and healed
 //! workload   clients: register, bank, set, list-append; records every operation
+//! rotation   the `binlog-rotation-failure` fault: stray directory, FLUSH BINARY LOGS, heal
 //! runner     one run end to end: start, load, break, heal, quiet, final reads, check, report
 //! ```
 
+pub mod clock;
 pub mod cluster;
 pub mod galera;
 pub mod nemesis;
 pub mod net;
 pub mod nodes;
+pub mod rotation;
 pub mod runner;
 pub mod workload;
 

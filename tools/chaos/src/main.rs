@@ -31,7 +31,8 @@ struct Args {
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     recovery_timeout: Duration,
     /// Comma-separated nemeses: kill, pause, partition, restart-all, follower-restart,
-    /// kill-query, switchover; or `all` / `none`.
+    /// kill-query, switchover, pause-master, isolate-master, clock-jump,
+    /// binlog-rotation-failure; or `all` / `none`.
     #[arg(long, default_value = "kill,pause,partition")]
     nemesis: String,
     /// Comma-separated workloads: register, bank, set, list-append.
@@ -205,6 +206,9 @@ fn main() {
         Ok(summary) => {
             for p in &summary.problems {
                 eprintln!("problem: {}: {}", p.kind, p.message);
+            }
+            for n in &summary.notes {
+                eprintln!("note: {}: {}", n.kind, n.message);
             }
             eprint!("{}", summary.checks.summary());
             println!("{}", summary.last_line());

@@ -16,7 +16,9 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::ClockMode;
 use crate::cluster::Cluster;
+use crate::rotation;
 
 /// What a nemesis can do. `--nemesis` takes these names (or `all`, `none`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -40,6 +42,12 @@ pub enum Nemesis {
     PauseMaster,
     /// `partition`, always isolating the master from every peer (clients still reach it).
     IsolateMaster,
+    /// Wall-clock jumps of one node's quorumsql under libfaketime (the master preferred); on
+    /// nodes that fake every clock, forward jumps of the lease clock of the master.
+    ClockJump,
+    /// A stray directory named like the master's next binlog file, then `FLUSH BINARY LOGS`:
+    /// MariaDB turns binary logging off (design-review 2); removed again to heal.
+    BinlogRotationFailure,
 }
 
 pub const ALL: &[Nemesis] = &[
@@ -50,6 +58,8 @@ pub const ALL: &[Nemesis] = &[
     Nemesis::FollowerRestart,
     Nemesis::KillQuery,
     Nemesis::Switchover,
+    Nemesis::ClockJump,
+    Nemesis::BinlogRotationFailure,
 ];
 
 impl FromStr for Nemesis {
@@ -65,10 +75,13 @@ impl FromStr for Nemesis {
             "switchover" => Nemesis::Switchover,
             "pause-master" => Nemesis::PauseMaster,
             "isolate-master" => Nemesis::IsolateMaster,
+            "clock-jump" => Nemesis::ClockJump,
+            "binlog-rotation-failure" => Nemesis::BinlogRotationFailure,
             other => {
                 return Err(format!(
                     "unknown nemesis {other:?}; known: kill, pause, partition, restart-all, \
-                     follower-restart, kill-query, switchover, pause-master, isolate-master, all, none"
+                     follower-restart, kill-query, switchover, pause-master, isolate-master, \
+                     clock-jump, binlog-rotation-failure, all, none"
                 ))
             }
         })
@@ -385,6 +398,8 @@ async fn apply(
             }
             (format!("KILL QUERY storm: {sent} statements"), Vec::new())
         }
+        Nemesis::ClockJump => clock_jump(cluster, p, rng, binary, stop).await,
+        Nemesis::BinlogRotationFailure => binlog_rotation_failure(cluster, p, rng, stop).await,
         Nemesis::Switchover => {
             let master = cluster.master().await;
             let out = match master.and_then(|m| cluster.admin_addr(m)) {
@@ -413,6 +428,244 @@ async fn apply(
     }
 }
 
+/// One clock jump (docs/CHAOS.md, clock-jump). Wall-only nodes: the wall clock steps by
+/// ±1–15 min and steps back when healed. All-clocks nodes (CLOCK_BOOTTIME, the lease clock,
+/// moves too): only the master, only forward, and never back within the process's life, since a
+/// lease clock that goes back is not physical (and only lengthens leases); a forward jump of the
+/// lease holder's clock is a suspend as the process sees it.
+async fn clock_jump(
+    cluster: &Arc<Cluster>,
+    p: &Planned,
+    rng: &mut StdRng,
+    binary: &std::path::Path,
+    stop: &CancellationToken,
+) -> (String, Vec<NodeIndex>) {
+    let Some(q) = cluster.quorum() else {
+        hold(p.duration, stop).await;
+        return (
+            format!("clock-jump skipped (not faked on {})", cluster.name()),
+            Vec::new(),
+        );
+    };
+    let mut master = cluster.master().await;
+    let mut moved = String::new();
+    if rng.gen_bool(0.5) {
+        // The lease-clock variant needs the lease on a node whose every clock is faked: hand
+        // the master role there first (a planned switchover, bounded) when it is elsewhere.
+        let all_clocks: Vec<NodeIndex> = cluster
+            .nodes()
+            .into_iter()
+            .filter(|&n| q.clock_mode(n) == Some(ClockMode::AllClocks))
+            .collect();
+        if let (Some(m), Some(&to)) = (master, all_clocks.choose(rng)) {
+            if q.clock_mode(m) != Some(ClockMode::AllClocks) {
+                let out = switchover_to(cluster, binary, m, to).await;
+                master = cluster.master().await;
+                moved = format!(" (after switchover node{m} -> node{to}: {out})");
+            }
+        }
+    }
+    if let Some(m) = master.filter(|&m| q.clock_mode(m) == Some(ClockMode::AllClocks)) {
+        let jump: i64 = rng.gen_range(60..=600);
+        let total = q.clock_offset(m) + jump;
+        if let Err(e) = q.set_clock_offset(m, total) {
+            tracing::error!("clock-jump: {e}");
+        }
+        hold(p.duration, stop).await;
+        return (
+            format!(
+                "clock-jump: master node{m}, every clock (CLOCK_BOOTTIME too) +{jump}s, now \
+                 {total:+}s from real time; kept until its quorumsql restarts{moved}"
+            ),
+            vec![m],
+        );
+    }
+    let wall_only: Vec<NodeIndex> = cluster
+        .nodes()
+        .into_iter()
+        .filter(|&n| q.clock_mode(n) == Some(ClockMode::WallOnly))
+        .collect();
+    let n = match master.filter(|m| wall_only.contains(m)) {
+        Some(m) if rng.gen_bool(0.7) => m,
+        _ => match wall_only.choose(rng) {
+            Some(&n) => n,
+            None => {
+                hold(p.duration, stop).await;
+                return ("clock-jump skipped (no wall-only node)".into(), Vec::new());
+            }
+        },
+    };
+    let magnitude: i64 = rng.gen_range(60..=900);
+    let secs = if rng.gen_bool(0.5) {
+        magnitude
+    } else {
+        -magnitude
+    };
+    if let Err(e) = q.set_clock_offset(n, secs) {
+        tracing::error!("clock-jump: {e}");
+    }
+    hold(p.duration, stop).await;
+    if let Err(e) = q.set_clock_offset(n, 0) {
+        tracing::error!("clock-jump heal: {e}");
+    }
+    let role = if Some(n) == master {
+        "master"
+    } else {
+        "follower"
+    };
+    (
+        format!(
+            "clock-jump: {role} node{n}, wall clock {secs:+}s for {:?} (monotonic and boot \
+             clocks real), then back{moved}",
+            p.duration
+        ),
+        vec![n],
+    )
+}
+
+/// `quorumsql switchover --to` from master `from`; returns what it said (bounded to 15 s).
+async fn switchover_to(
+    cluster: &Cluster,
+    binary: &std::path::Path,
+    from: NodeIndex,
+    to: NodeIndex,
+) -> String {
+    let Some(admin) = cluster.admin_addr(from) else {
+        return "no admin address".into();
+    };
+    let run = tokio::process::Command::new(binary)
+        .arg("switchover")
+        .arg("--admin")
+        .arg(admin.to_string())
+        .arg("--to")
+        .arg(to.to_string())
+        .arg("--timeout-secs")
+        .arg("10")
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(15), run).await {
+        Ok(Ok(o)) => format!(
+            "{} {}",
+            String::from_utf8_lossy(&o.stdout).trim(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        )
+        .trim()
+        .to_string(),
+        Ok(Err(e)) => format!("could not run: {e}"),
+        Err(_) => "no answer within 15 s".into(),
+    }
+}
+
+/// Design-review 2: the master's binlog rotation fails and MariaDB turns logging off. The
+/// product must fence that master (its canary commit gets no GTID) and fail over. Healing
+/// removes the stray directory: at once after the failed rotation (a transient cause such as
+/// EMFILE) or only after the fault's duration (a lasting one, which the node's mariadbd
+/// restarts also meet).
+async fn binlog_rotation_failure(
+    cluster: &Arc<Cluster>,
+    p: &Planned,
+    rng: &mut StdRng,
+    stop: &CancellationToken,
+) -> (String, Vec<NodeIndex>) {
+    let (Some(q), Some(m)) = (cluster.quorum(), cluster.master().await) else {
+        hold(p.duration, stop).await;
+        return (
+            format!(
+                "binlog-rotation-failure skipped (no master on {})",
+                cluster.name()
+            ),
+            Vec::new(),
+        );
+    };
+    let Some(socket) = q.mariadb_socket(m) else {
+        hold(p.duration, stop).await;
+        return (
+            format!("binlog-rotation-failure skipped (node{m} has no socket)"),
+            Vec::new(),
+        );
+    };
+    let transient = rng.gen_bool(0.5);
+    let started = Instant::now();
+    let planted = match rotation::break_rotation(&socket).await {
+        Ok(pl) => pl,
+        Err(e) => {
+            hold(p.duration, stop).await;
+            return (
+                format!("binlog-rotation-failure on node{m} not planted: {e}"),
+                vec![m],
+            );
+        }
+    };
+    let mut healed = false;
+    if transient {
+        if let Err(e) = rotation::heal(&planted.dir) {
+            tracing::error!("binlog-rotation-failure heal: {e}");
+        }
+        healed = true;
+    }
+    // Watch the product react: the master fenced (no longer master, or a new mariadbd) and a
+    // new master elected.
+    let pid_before = q.status(m).await.and_then(|s| s.mariadb_pid);
+    let mut fenced_after = None;
+    let mut new_master = None;
+    let deadline = started + p.duration;
+    while Instant::now() < deadline && !stop.is_cancelled() {
+        let st = q.cluster_status().await;
+        if let Some(s) = st.nodes.iter().find(|s| s.id == u64::from(m)) {
+            if fenced_after.is_none() && (s.role != "master" || s.mariadb_pid != pid_before) {
+                fenced_after = Some((started.elapsed(), s.role.clone()));
+            }
+        }
+        if new_master.is_none() {
+            if let Some(nm) = st.master.filter(|&nm| nm != u64::from(m)) {
+                new_master = Some((nm, started.elapsed()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if !healed {
+        if let Err(e) = rotation::heal(&planted.dir) {
+            tracing::error!("binlog-rotation-failure heal: {e}");
+        }
+    }
+    let role_now = q
+        .status(m)
+        .await
+        .map_or_else(|| "unreachable".to_string(), |s| s.role);
+    (
+        format!(
+            "binlog-rotation-failure: master node{m}, stray directory {} (after {}), FLUSH \
+             BINARY LOGS: {}, logging {}; fenced: {}; new master: {}; directory removed {}; \
+             node{m} now {role_now}",
+            planted.dir.display(),
+            planted.current,
+            match &planted.flush {
+                Ok(()) => "ok".to_string(),
+                Err(e) => e.clone(),
+            },
+            if planted.logging_off {
+                "off (SHOW MASTER STATUS empty)"
+            } else {
+                "still on"
+            },
+            fenced_after.map_or_else(
+                || "not seen".to_string(),
+                |(t, role)| format!("after {t:?} ({role})")
+            ),
+            new_master.map_or_else(
+                || "none seen".to_string(),
+                |(n, t)| format!("node{n} after {t:?}")
+            ),
+            if transient {
+                "at once (transient cause)"
+            } else {
+                "after the fault's duration (lasting cause)"
+            },
+        ),
+        vec![m],
+    )
+}
+
 fn cut_both(cluster: &Cluster, a: NodeIndex, b: NodeIndex) {
     for (x, y) in [(a, b), (b, a)] {
         if let Err(e) = cluster.net().cut(x, y) {
@@ -436,4 +689,64 @@ async fn kill_query_once(addr: &std::net::SocketAddr, offset: i64) -> u64 {
     let _ = conn.exec(&format!("KILL QUERY {victim}")).await;
     conn.quit().await;
     1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_nemesis_parses_by_the_name_it_is_reported_under() {
+        let mut every = ALL.to_vec();
+        every.extend([Nemesis::PauseMaster, Nemesis::IsolateMaster]);
+        for n in every {
+            let name = serde_json::to_value(n).unwrap();
+            let name = name.as_str().unwrap();
+            assert_eq!(name.parse::<Nemesis>().unwrap(), n, "{name}");
+        }
+    }
+
+    #[test]
+    fn all_includes_the_clock_and_binlog_faults() {
+        let all = parse_list("all").unwrap();
+        assert!(all.contains(&Nemesis::ClockJump));
+        assert!(all.contains(&Nemesis::BinlogRotationFailure));
+        assert_eq!(
+            parse_list(" clock-jump , binlog-rotation-failure,kill").unwrap(),
+            vec![
+                Nemesis::ClockJump,
+                Nemesis::BinlogRotationFailure,
+                Nemesis::Kill
+            ]
+        );
+        assert!(parse_list("none").unwrap().is_empty());
+        let err = parse_list("clock-skew").unwrap_err();
+        assert!(err.contains("clock-jump"), "{err}");
+    }
+
+    #[test]
+    fn the_schedule_uses_only_the_named_nemeses_and_fits_the_phase() {
+        let phase = Duration::from_secs(300);
+        let plan = schedule(
+            7,
+            &[Nemesis::ClockJump, Nemesis::BinlogRotationFailure],
+            phase,
+        );
+        assert!(plan.len() >= 10, "{} faults in 300 s", plan.len());
+        assert!(plan.iter().any(|p| p.nemesis == Nemesis::ClockJump));
+        assert!(plan
+            .iter()
+            .any(|p| p.nemesis == Nemesis::BinlogRotationFailure));
+        assert!(plan.iter().all(|p| p.at + p.duration <= phase));
+        assert_eq!(
+            serde_json::to_string(&plan).unwrap(),
+            serde_json::to_string(&schedule(
+                7,
+                &[Nemesis::ClockJump, Nemesis::BinlogRotationFailure],
+                phase
+            ))
+            .unwrap(),
+            "the same seed gives the same schedule"
+        );
+    }
 }

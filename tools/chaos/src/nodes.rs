@@ -17,6 +17,7 @@ use quorumsql_node::config::{
     NodeSection, RaftSection,
 };
 
+use crate::clock::{self, ClockMode, FakeClocks};
 use crate::net::Network;
 use crate::workload::Target;
 
@@ -40,6 +41,8 @@ pub enum NodesError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Clock(#[from] clock::ClockError),
     #[error("galera: {0}")]
     Galera(String),
     #[error("{what} not reached within {within:?}; last cluster status: {status}")]
@@ -50,11 +53,22 @@ pub enum NodesError {
     },
 }
 
+/// What every node process gets in its environment besides its config.
+#[derive(Debug, Clone, Default)]
+pub struct NodeProcessEnv {
+    /// Extra variables (planted bugs of test builds).
+    pub env: Vec<(String, String)>,
+    /// libfaketime, only in runs with the `clock-jump` nemesis.
+    pub clocks: Option<FakeClocks>,
+}
+
 struct NodeProc {
     config_path: PathBuf,
     child: Option<Child>,
     /// SIGSTOPped by the nemesis (resumed on heal).
     paused: bool,
+    /// The clock offset (seconds) the running process reads from its faketime file.
+    clock_offset: i64,
 }
 
 pub struct QuorumCluster {
@@ -65,6 +79,8 @@ pub struct QuorumCluster {
     procs: Mutex<BTreeMap<NodeIndex, NodeProc>>,
     /// Extra environment for every node process (planted bugs of test builds).
     env: Vec<(String, String)>,
+    /// libfaketime for every node process, only in runs with the `clock-jump` nemesis.
+    clocks: Option<FakeClocks>,
 }
 
 /// kill(2) of a process this harness started (a stale pid at worst gets ESRCH).
@@ -86,8 +102,9 @@ impl QuorumCluster {
         nodes: NodeIndex,
         user: &str,
         password: &str,
-        env: Vec<(String, String)>,
+        process: NodeProcessEnv,
     ) -> Result<QuorumCluster, NodesError> {
+        let NodeProcessEnv { env, clocks } = process;
         let loopback = !net.supports_partitions();
         let members: Vec<_> = (1..=nodes)
             .map(|i| {
@@ -147,6 +164,7 @@ impl QuorumCluster {
                     config_path: path,
                     child: None,
                     paused: false,
+                    clock_offset: 0,
                 },
             );
         }
@@ -157,7 +175,35 @@ impl QuorumCluster {
             configs,
             procs: Mutex::new(procs),
             env,
+            clocks,
         })
+    }
+
+    /// The faked-clock mode of node `i`'s quorumsql; `None` when clocks are not faked.
+    pub fn clock_mode(&self, i: NodeIndex) -> Option<ClockMode> {
+        self.clocks.as_ref().and_then(|c| c.mode(i))
+    }
+
+    fn clock_file(&self, i: NodeIndex) -> PathBuf {
+        self.dir.join(format!("node{i}")).join("faketime.rc")
+    }
+
+    /// The clock offset node `i`'s running quorumsql reads now (0 when not faked).
+    pub fn clock_offset(&self, i: NodeIndex) -> i64 {
+        self.lock().get(&i).map_or(0, |p| p.clock_offset)
+    }
+
+    /// Moves node `i`'s faked clocks to `secs` from real time (lands within libfaketime's
+    /// 1 s cache).
+    pub fn set_clock_offset(&self, i: NodeIndex, secs: i64) -> Result<(), NodesError> {
+        if self.clocks.is_none() {
+            return Ok(());
+        }
+        clock::write_offset(&self.clock_file(i), secs)?;
+        if let Some(p) = self.lock().get_mut(&i) {
+            p.clock_offset = secs;
+        }
+        Ok(())
     }
 
     pub fn net(&self) -> &Network {
@@ -241,6 +287,15 @@ impl QuorumCluster {
             .env("RUST_LOG", "info");
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if let Some(clocks) = &self.clocks {
+            // A new process starts on real time: its clocks have no earlier reading to jump from.
+            let file = self.clock_file(i);
+            clock::write_offset(&file, 0)?;
+            p.clock_offset = 0;
+            for (k, v) in clocks.env(i, &file) {
+                cmd.env(k, v);
+            }
         }
         // SAFETY: prctl in the forked child before exec touches no Rust state. The signal
         // survives `ip netns exec`'s exec of quorumsql, so a harness that dies takes its nodes

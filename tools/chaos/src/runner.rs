@@ -7,14 +7,16 @@ use std::time::{Duration, Instant};
 
 use quorumsql_chaos_check::{check, render_svg, FaultSpan, Initial, Op, Outcome};
 use quorumsql_node::sql::SqlConn;
+use rand::SeedableRng;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{self, FakeClocks};
 use crate::cluster::Cluster;
 use crate::galera::GaleraCluster;
 use crate::nemesis::{self, Applied, Nemesis};
 use crate::net::{Netns, Network};
-use crate::nodes::QuorumCluster;
+use crate::nodes::{NodeProcessEnv, QuorumCluster};
 use crate::workload::{self, Recorder, WorkloadConfig, WorkloadKind};
 
 /// Which system the run breaks.
@@ -86,6 +88,9 @@ pub struct RunSummary {
     pub lost: u64,
     pub faults: Vec<Applied>,
     pub problems: Vec<Problem>,
+    /// Findings that are the product's designed reaction, not anomalies (a node that must be
+    /// rebuilt after a binlog rotation failure).
+    pub notes: Vec<Problem>,
     pub checks: quorumsql_chaos_check::CheckReport,
     pub out: PathBuf,
 }
@@ -156,6 +161,16 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, RunError> {
         .iter()
         .map(|b| ("QUORUMSQL_PLANTED_BUG".to_string(), b.clone()))
         .collect();
+    // libfaketime only in runs that jump clocks: every other run's processes stay unpreloaded.
+    let clocks = if cfg.system == System::Quorumsql && cfg.nemeses.contains(&Nemesis::ClockJump) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x0063_6c6f_636b);
+        let clocks = FakeClocks::new(clock::assign_modes(&node_ids, &mut rng))
+            .map_err(crate::nodes::NodesError::from)?;
+        tracing::info!("faked clocks: {:?}", clocks.modes());
+        Some(clocks)
+    } else {
+        None
+    };
     let nodes_dir = cfg.out.join("nodes");
     let cluster = Arc::new(match cfg.system {
         System::Quorumsql => Cluster::Quorum(QuorumCluster::configure(
@@ -165,7 +180,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, RunError> {
             cfg.nodes,
             crate::USER,
             crate::PASSWORD,
-            env,
+            NodeProcessEnv { env, clocks },
         )?),
         System::Galera => Cluster::Galera(GaleraCluster::configure(
             &nodes_dir,
@@ -188,7 +203,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, RunError> {
     let initial = workload::setup(&cfg.workloads, &wcfg, &targets).await?;
     // RO-port reads may be stale, but not older than the initial state the checkers assume:
     // start the clients once every replica has the setup.
-    if let Err(e) = cluster.wait_caught_up(Duration::from_secs(60)).await {
+    if let Err(e) = cluster.wait_caught_up(Duration::from_secs(60), &[]).await {
         tracing::warn!("starting the workloads before every replica has the setup: {e}");
     }
 
@@ -239,11 +254,36 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, RunError> {
         }
     }
 
-    // After healing, a majority (here: every node) must be back and serving.
-    match cluster.wait_ready(cfg.recovery_timeout).await {
-        Ok(_) => {}
-        Err(e) => problems.push(anomaly("no-recovery", e.to_string())),
+    // After healing, every node must be back and serving, or say it is diverged. A node hit
+    // by a binlog rotation failure is expected to need a rebuild (design-review 2): that is a
+    // note. Any other diverged node is an anomaly.
+    let rotation_hit: Vec<u8> = applied
+        .iter()
+        .filter(|a| a.planned.nemesis == Nemesis::BinlogRotationFailure)
+        .flat_map(|a| a.span.nodes.iter().copied())
+        .collect();
+    let mut notes = Vec::new();
+    let diverged = match cluster.wait_recovered(cfg.recovery_timeout).await {
+        Ok(d) => d,
+        Err(e) => {
+            problems.push(anomaly("no-recovery", e.to_string()));
+            Vec::new()
+        }
+    };
+    for (n, why) in &diverged {
+        if rotation_hit.contains(n) {
+            notes.push(anomaly(
+                "needs-rebuild",
+                format!(
+                    "node{n} is diverged after a binlog rotation failure and stays out until an \
+                     operator rebuilds it (no automatic rebuild): {why}"
+                ),
+            ));
+        } else {
+            problems.push(anomaly("diverged", format!("node{n}: {why}")));
+        }
     }
+    let diverged: Vec<u8> = diverged.into_iter().map(|(n, _)| n).collect();
     if let Err(e) = workload::final_reads(
         &cfg.workloads,
         &wcfg,
@@ -255,19 +295,32 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, RunError> {
     {
         problems.push(anomaly("final-read-failed", e.to_string()));
     }
-    problems.extend(convergence(&cluster, cfg.recovery_timeout).await);
+    problems.extend(convergence(&cluster, cfg.recovery_timeout, &diverged).await);
 
     let history = recorder.snapshot();
-    finish(&cfg, cluster.name(), &initial, history, applied, problems)
+    finish(
+        &cfg,
+        cluster.name(),
+        &initial,
+        history,
+        applied,
+        problems,
+        notes,
+    )
 }
 
-/// Every node's mariadbd holds the same data once replication caught up (DESIGN §6 inv. 3).
-async fn convergence(cluster: &Cluster, within: Duration) -> Vec<Problem> {
-    if let Err(e) = cluster.wait_caught_up(within).await {
+/// Every node's mariadbd holds the same data once replication caught up (DESIGN §6 inv. 3);
+/// diverged nodes (mariadbd stopped until rebuilt) are left out.
+async fn convergence(cluster: &Cluster, within: Duration, diverged: &[u8]) -> Vec<Problem> {
+    if let Err(e) = cluster.wait_caught_up(within, diverged).await {
         return vec![anomaly("not-converged", e)];
     }
     let mut sums: Vec<(u8, Result<Vec<String>, String>)> = Vec::new();
-    for i in cluster.nodes() {
+    for i in cluster
+        .nodes()
+        .into_iter()
+        .filter(|i| !diverged.contains(i))
+    {
         let Some(sock) = cluster.mariadb_socket(i) else {
             continue;
         };
@@ -325,6 +378,7 @@ fn finish(
     mut history: Vec<Op>,
     applied: Vec<Applied>,
     problems: Vec<Problem>,
+    notes: Vec<Problem>,
 ) -> Result<RunSummary, RunError> {
     history.sort_by_key(|o| (o.end_ns, o.id));
     let report = check(&history, initial);
@@ -364,6 +418,7 @@ fn finish(
         lost: report.lost,
         faults: applied,
         problems,
+        notes,
         checks: report,
         out: cfg.out.clone(),
     };
