@@ -1448,6 +1448,38 @@ impl Roles {
                 });
             }
         }
+        // After a restart the local log may not have learned yet that its newest entries are
+        // committed (its stored commit index lags): a local transaction beyond what the log has
+        // applied is "not in the log" only once the log has caught up past it. Wait for that,
+        // bounded; the canary's commits move the log on even when clients are idle.
+        let newest_local = local
+            .iter()
+            .filter(|t| {
+                !self
+                    .verified
+                    .is_some_and(|v| v.domain == t.gtid.domain && t.gtid.seq <= v.seq)
+            })
+            .map(|t| t.gtid)
+            .max_by_key(|g| g.seq);
+        if let Some(newest) = newest_local {
+            let caught_up = |log: &LogHandle| {
+                log.status()
+                    .gtid_state
+                    .get(newest.domain)
+                    .is_some_and(|g| g.seq >= newest.seq)
+            };
+            let deadline = Instant::now() + REJOIN_CATCH_UP;
+            while !caught_up(&self.log) {
+                if Instant::now() >= deadline {
+                    let at = self.log.status().gtid_state.get(newest.domain);
+                    return Err(StartError::Retry(format!(
+                        "the global binlog has not caught up to local transaction {newest} yet (it is at {}); checking again",
+                        at.map(|g| g.to_string()).unwrap_or_else(|| "nothing".into())
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         let mut answers = std::collections::HashMap::new();
         for t in &local {
             if self
@@ -1592,6 +1624,10 @@ fn best_peer_of(log: &LogHandle, me: NodeId) -> Option<NodeId> {
         .max_by_key(|p| p.matched)
         .map(|p| p.node)
 }
+
+/// How long the rejoin check waits for the log to catch up to the local binlog before it
+/// retries the start.
+const REJOIN_CATCH_UP: Duration = Duration::from_secs(10);
 
 /// A diverged node waits this long before its first rebuild attempt; failures back off up to
 /// [`REBUILD_MAX_BACKOFF`].
