@@ -321,3 +321,67 @@ fn switchover_refuses_bad_input_and_changes_nothing() {
     )
     .expect("writes still work");
 }
+
+/// A statement waiting for a row lock held by an idle open transaction: the drain holds the
+/// blocker's next statement, so the waiter would block `SET GLOBAL read_only = ON` until
+/// innodb_lock_wait_timeout and the switchover would end in a fence. It is interrupted instead
+/// (it is never a commit), and the switchover completes.
+#[test]
+fn switchover_interrupts_row_lock_waits_instead_of_fencing() {
+    use quorumsql_node::sql::SqlConn;
+    let c = Cluster::start(3);
+    let master = c.wait_healthy(START);
+    let target = (1..=3).find(|&n| n != master).expect("a replica");
+    sql_tcp(
+        c.rw_port(master),
+        "CREATE DATABASE lw; CREATE TABLE lw.t (id INT PRIMARY KEY, v INT) ENGINE=InnoDB; \
+         INSERT INTO lw.t VALUES (1, 0)",
+    )
+    .expect("setup");
+    let rw: std::net::SocketAddr = ([127, 0, 0, 1], c.rw_port(master)).into();
+    let mut holder =
+        c.rt.block_on(SqlConn::connect_tcp(rw, support::USER, support::PASSWORD))
+            .expect("holder connection");
+    c.rt.block_on(holder.exec("BEGIN")).expect("BEGIN");
+    c.rt.block_on(holder.exec("UPDATE lw.t SET v = 1 WHERE id = 1"))
+        .expect("the holder takes the row lock");
+    let port = c.rw_port(master);
+    let waiter = std::thread::spawn(move || sql_tcp(port, "UPDATE lw.t SET v = 2 WHERE id = 1"));
+    let sock = c.mariadb_socket(master);
+    wait_for("the waiter in LOCK WAIT", Duration::from_secs(20), || {
+        let n = support::sql_socket(
+            &sock,
+            "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'",
+        )?;
+        if n.trim() == "1" {
+            Ok(())
+        } else {
+            Err(format!("{n} sessions in LOCK WAIT"))
+        }
+    });
+    let cfg = c.node(1).config_path.display().to_string();
+    let (code, out, err) = run_switchover(&[
+        "--config".into(),
+        cfg,
+        "--to".into(),
+        format!("node{target}"),
+    ]);
+    assert_eq!(code, 0, "switchover failed: {out} {err}");
+    assert!(out.contains("switchover done"), "{out}");
+    let w = waiter.join().expect("waiter thread");
+    assert!(
+        w.is_err(),
+        "the lock-waiting UPDATE reported success: {w:?}"
+    );
+    let s = c.wait_until("the target serving as master", SETTLE, |s| {
+        s.master == Some(target) && s.nodes.iter().all(|n| n.healthy)
+    });
+    assert_eq!(s.master, Some(target));
+    // Neither update committed: the holder's transaction ended with its connection.
+    let v = sql_tcp(c.rw_port(target), "SELECT v FROM lw.t WHERE id = 1").expect("read");
+    assert_eq!(
+        v.trim(),
+        "0",
+        "an uncommitted update survived the switchover"
+    );
+}
