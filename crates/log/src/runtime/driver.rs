@@ -371,6 +371,13 @@ impl<S: LogStore> Driver<S> {
             }
             Request::SetPriority(p) => self.core.set_priority(p),
             Request::ReportMember(state) => self.report_self(state),
+            Request::ClearNeedsRebuild { reply } => {
+                let r = self.core.clear_needs_rebuild();
+                // The caller decides on the status next: publish before answering.
+                self.status_tx
+                    .send_replace(self.core.status(BootInstant::now()));
+                let _ = reply.send(r);
+            }
             Request::Shutdown => self.shutting_down = true,
         }
     }
@@ -681,6 +688,9 @@ impl<S: LogStore> Driver<S> {
                     let _ = reply.send(Err(ProposeError::Stopped(reason.clone())));
                 }
                 Request::ReadTxns { reply, .. } => {
+                    let _ = reply.send(Err(LogError::Stopped(reason.clone())));
+                }
+                Request::ClearNeedsRebuild { reply } => {
                     let _ = reply.send(Err(LogError::Stopped(reason.clone())));
                 }
                 Request::SetPriority(_)

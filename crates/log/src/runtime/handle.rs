@@ -68,6 +68,9 @@ pub(crate) enum Request {
     },
     SetPriority(i64),
     ReportMember(MemberState),
+    ClearNeedsRebuild {
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
     Shutdown,
 }
 
@@ -217,6 +220,18 @@ impl LogHandle {
             .send(Request::LookupSeq { domain, seq, reply })
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())
+    }
+
+    /// Clears [`LogStatus::self_needs_rebuild`] (durably) once this node's mariadbd was rebuilt
+    /// from a healthy replica: the snapshot gap in its transactions is gone with the old datadir.
+    pub async fn clear_needs_rebuild(&self) -> Result<(), LogError> {
+        let (reply, rx) = oneshot::channel();
+        let stopped =
+            || LogError::Stopped(self.fatal().unwrap_or_else(|| "log runtime stopped".into()));
+        self.requests
+            .send(Request::ClearNeedsRebuild { reply })
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 
     /// Waits until a transaction after `after` is applied, or `deadline` passes. Returns the last

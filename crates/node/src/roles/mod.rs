@@ -361,6 +361,11 @@ impl Roles {
 
     async fn start_replica(&mut self) -> Result<(), StartError> {
         self.set_role(Role::Starting, vec![]);
+        if self.log.status().self_needs_rebuild {
+            return Err(StartError::Diverged(
+                "this node installed a log snapshot (it fell behind the log's compaction point): its mariadbd misses the transactions in the gap".into(),
+            ));
+        }
         if let Ok(why) = std::fs::read_to_string(diverged_path(&self.cfg)) {
             return Err(StartError::Diverged(format!(
                 "{} (recorded in {})",
@@ -429,6 +434,11 @@ impl Roles {
             }
             self.refuse_switchovers();
             let st = self.log.status();
+            if st.self_needs_rebuild {
+                return ReplicaExit::Diverged(
+                    "this node installed a log snapshot (it fell behind the log's compaction point): its mariadbd misses the transactions in the gap".into(),
+                );
+            }
             if st.role == RaftRole::Leader && !st.transferring {
                 let epoch = st.master.map(|(_, e)| e.0).unwrap_or(0);
                 if epoch < st.term {
@@ -453,6 +463,12 @@ impl Roles {
                         // decide by content whether this node's history left the log.
                         match self.rejoin_check(false).await {
                             Err(StartError::Diverged(d)) => return ReplicaExit::Diverged(d),
+                            // serve's refusal when the log was compacted past this replica.
+                            _ if why.contains("rebuild the replica") => {
+                                return ReplicaExit::Diverged(format!(
+                                    "the log no longer holds what this replica needs next; its data must be rebuilt ({why})"
+                                ))
+                            }
                             _ => vec![why],
                         }
                     }
@@ -1345,6 +1361,11 @@ impl Roles {
                 Ok(state) => {
                     info!(%donor, gtid_state = %state, "rebuild: done; starting from the backup");
                     let _ = std::fs::remove_file(verified_path(&self.cfg));
+                    if self.log.status().self_needs_rebuild {
+                        self.log.clear_needs_rebuild().await.map_err(|e| {
+                            format!("rebuilt, but cannot clear the snapshot flag: {e}")
+                        })?;
+                    }
                     if let Err(e) = std::fs::remove_file(diverged_path(&self.cfg)) {
                         if e.kind() != std::io::ErrorKind::NotFound {
                             return Err(format!(
