@@ -5,23 +5,40 @@
 //! master of (kept by a watcher task from roles and log status) and the lease, which the log
 //! runtime publishes every loop turn on CLOCK_BOOTTIME. The lease is the part that must be exact;
 //! the epoch only has to be as fresh as the last status change.
+//!
+//! The commit check (invariant 7, design-review 2; see `proxy::commit_check`) is answered here
+//! too: a GTID against the log's index, "is the binlog still open" with `SHOW MASTER STATUS` on
+//! the local mariadbd's socket. A commit proven missing raises the [`CommitAlarm`], on which
+//! roles fences this master, and stops forwarding at once.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quorumsql_log::runtime::LogHandle;
+use quorumsql_log::runtime::{AppliedPosition, LogHandle, SeqLookup};
 use quorumsql_log::Role as RaftRole;
 use quorumsql_peer::{NodeId, PeerNet, StreamPurpose};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use quorumsql_wire::Gtid;
+
+use crate::commit_alarm::CommitAlarm;
 use crate::config::NodeConfig;
 use crate::proxy::{
-    DialFuture, MasterEpoch, PeerDialer, ProxyConfig, ProxyHandle, ProxyLimits, RoRoute,
-    RouteOracle, RwRoute,
+    CommitEvidence, CommitVerdict, DialFuture, MasterEpoch, PeerDialer, ProxyConfig, ProxyHandle,
+    ProxyLimits, RoRoute, RouteOracle, RwRoute, VerifyFuture,
 };
+use crate::sql::{ConnectOptions, SqlConn};
+
+/// How long a commit's GTID may take to show up as accepted in this node's log. Capture ACKs a
+/// commit only after the local state machine accepted it, and mariadbd answers only after the
+/// ACK, so the log normally holds it already; the wait covers publication order only.
+const GTID_WAIT: Duration = Duration::from_millis(100);
+/// Bound on asking the local mariadbd whether its binlog is open (connect, then query).
+const BINLOG_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 use crate::roles::switchover::SwitchoverGate;
 use crate::roles::{Role, RoleSnapshot};
 
@@ -37,9 +54,99 @@ struct NodeOracle {
     /// `forwarding_epoch`: draining must not bump the routing generation (that would close every
     /// RW session as "outcome unknown"), and an undone drain must let held packets go on.
     gate: SwitchoverGate,
+    /// Raised when a commit was acknowledged by mariadbd but is not in the log.
+    alarm: CommitAlarm,
+    applied: watch::Receiver<AppliedPosition>,
+    /// The local mariadbd's socket, and a root connection on it kept for the binlog check.
+    socket: PathBuf,
+    admin: tokio::sync::Mutex<Option<SqlConn>>,
 }
 
 impl NodeOracle {
+    /// Whether the log holds `g`, waiting up to [`GTID_WAIT`] for it to be applied.
+    async fn gtid_in_log(&self, g: Gtid) -> CommitVerdict {
+        let deadline = tokio::time::Instant::now() + GTID_WAIT;
+        let mut applied = self.log.subscribe_applied();
+        loop {
+            match self.log.lookup_seq(g.domain, g.seq).await {
+                Ok(SeqLookup::Txn { gtid, .. }) if gtid == g => return CommitVerdict::Logged,
+                Ok(SeqLookup::Txn { gtid, .. }) => {
+                    return CommitVerdict::NotLogged(format!(
+                        "mariadbd acknowledged commit {g} but the global binlog holds {gtid} at \
+                         that sequence number"
+                    ))
+                }
+                Ok(SeqLookup::Missing | SeqLookup::UnknownDomain) => {
+                    return CommitVerdict::NotLogged(format!(
+                        "mariadbd acknowledged commit {g} but the global binlog has no \
+                         transaction with that GTID"
+                    ))
+                }
+                Ok(SeqLookup::Compacted) => {
+                    return CommitVerdict::Unknown(format!(
+                        "commit {g} is older than the oldest retained log entry"
+                    ))
+                }
+                Ok(SeqLookup::Ahead) => {}
+                Err(e) => return CommitVerdict::Unknown(format!("global binlog: {e}")),
+            }
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return CommitVerdict::Unknown("the global binlog stopped".into()),
+                Err(_) => {
+                    let last = self.log.status().last_gtid;
+                    return CommitVerdict::NotLogged(format!(
+                        "mariadbd acknowledged commit {g} but the global binlog has not \
+                         accepted it {GTID_WAIT:?} later (last accepted: {}): the commit \
+                         bypassed the semi-sync wait",
+                        last.map_or("none".into(), |l| l.to_string())
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Whether the local mariadbd's binlog is open: `SHOW MASTER STATUS` has no row once
+    /// MariaDB "turned logging off" after a failed rotation (verified on 10.11.19; `@@log_bin`
+    /// still reads 1 then).
+    async fn binlog_open(&self) -> CommitVerdict {
+        let mut admin = self.admin.lock().await;
+        let mut last_error = String::new();
+        for _ in 0..2 {
+            if admin.is_none() {
+                let mut opts = ConnectOptions::new("root", "");
+                opts.connect_timeout = BINLOG_CHECK_TIMEOUT;
+                opts.query_timeout = BINLOG_CHECK_TIMEOUT;
+                match SqlConn::connect_unix_with(&self.socket, &opts).await {
+                    Ok(c) => *admin = Some(c),
+                    Err(e) => {
+                        last_error = e.to_string();
+                        continue;
+                    }
+                }
+            }
+            let Some(conn) = admin.as_mut() else { continue };
+            match conn.query("SHOW MASTER STATUS").await {
+                Ok(rows) if rows.is_empty() => {
+                    return CommitVerdict::NotLogged(
+                        "mariadbd acknowledged a write transaction that has no GTID, and SHOW \
+                         MASTER STATUS on its socket is empty: binary logging is off (a failed \
+                         binlog rotation; see mariadbd's error log)"
+                            .into(),
+                    )
+                }
+                Ok(_) => return CommitVerdict::Logged,
+                Err(e) => {
+                    last_error = e.to_string();
+                    *admin = None;
+                }
+            }
+        }
+        CommitVerdict::Unknown(format!(
+            "cannot ask the local mariadbd whether its binlog is open: {last_error}"
+        ))
+    }
+
     /// The epoch this node is master of right now, if the slow-changing conditions hold: roles
     /// says master of T, the log says raft leader of term T with `MasterReady{self, T}` applied
     /// and no transfer under way.
@@ -111,6 +218,8 @@ impl RouteOracle for NodeOracle {
             && !self.gate.draining()
             && self.forwarding_epoch.load(Ordering::Acquire) == epoch.0
             && self.log.holds_lease()
+            // A master that acknowledged a commit outside the log serves nothing more.
+            && self.alarm.raised().is_none()
     }
 
     fn ro_route(&self) -> RoRoute {
@@ -146,6 +255,34 @@ impl RouteOracle for NodeOracle {
     fn subscribe_master_changes(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
     }
+
+    fn commit_checks(&self) -> bool {
+        true
+    }
+
+    /// The newest accepted GTID is this node's mariadbd's and at or past `gtid`, which is also
+    /// this mariadbd's: the log holds this mariadbd's binlog history (promotion verified it by
+    /// content), so it holds `gtid`.
+    fn gtid_logged_now(&self, gtid: &Gtid) -> bool {
+        let own = u64::from(gtid.server) == self.me.0;
+        own && self.applied.borrow().last_gtid.is_some_and(|l| {
+            l.domain == gtid.domain && l.server == gtid.server && l.seq >= gtid.seq
+        })
+    }
+
+    fn verify_commit(&self, evidence: CommitEvidence) -> VerifyFuture<'_> {
+        Box::pin(async move {
+            let verdict = match evidence {
+                CommitEvidence::Gtid(g) => self.gtid_in_log(g).await,
+                CommitEvidence::NoGtid => self.binlog_open().await,
+            };
+            if let CommitVerdict::NotLogged(why) = &verdict {
+                tracing::error!(%why, "commit alarm: this master acknowledged a commit outside the global binlog");
+                self.alarm.raise(why.clone());
+            }
+            verdict
+        })
+    }
 }
 
 struct NetDialer(PeerNet);
@@ -169,6 +306,7 @@ pub async fn start(
     roles: watch::Receiver<RoleSnapshot>,
     net: PeerNet,
     gate: SwitchoverGate,
+    alarm: CommitAlarm,
     shutdown: CancellationToken,
 ) -> Result<Arc<ProxyHandle>, String> {
     let me = cfg.me();
@@ -180,6 +318,10 @@ pub async fn start(
         forwarding_epoch: AtomicU64::new(0),
         generation,
         gate,
+        alarm,
+        applied: log.subscribe_applied(),
+        socket: crate::mariadb::MariadbConfig::from_node_config(cfg).socket(),
+        admin: tokio::sync::Mutex::new(None),
     });
     let proxy_cfg = ProxyConfig {
         rw_listen: me.rw,

@@ -20,6 +20,10 @@ pub const SLAVE_MAX_ALLOWED_PACKET: u64 = 1 << 30;
 /// come from. Verified accepted by 10.11.19 (`SELECT @@proxy_protocol_networks` echoes it).
 pub const PROXY_PROTOCOL_NETWORKS: &str = "127.0.0.1/32,::1/128,localhost";
 
+/// `session_track_system_variables`: MariaDB 10.11's default list plus `last_gtid`.
+pub const SESSION_TRACK_SYSTEM_VARIABLES: &str =
+    "autocommit,character_set_client,character_set_connection,character_set_results,time_zone,last_gtid";
+
 /// The binlog base name inside the datadir.
 pub const BINLOG_BASENAME: &str = "mysql-bin";
 
@@ -227,6 +231,14 @@ impl MariadbConfig {
             s("enforce_storage_engine", "InnoDB"),
             s("innodb_snapshot_isolation", "ON"),
             s("event_scheduler", "OFF"),
+            // Every OK that ends a commit carries its GTID (MariaDB's default list plus
+            // last_gtid): the master's proxy relays it only once the log accepted that GTID
+            // (design-review 2: a binlog that turned itself off acknowledges commits with no
+            // event and no semi-sync wait).
+            s(
+                "session_track_system_variables",
+                SESSION_TRACK_SYSTEM_VARIABLES,
+            ),
             // Sizes.
             v("max_binlog_cache_size", cap.clone()),
             v("max_binlog_stmt_cache_size", cap),
@@ -321,6 +333,11 @@ mod tests {
             ("datadir", "/var/lib/qs/n3/mariadb"),
             ("socket", "/var/lib/qs/n3/mariadb.sock"),
             ("user", "root"),
+            (
+                "session_track_system_variables",
+                "autocommit,character_set_client,character_set_connection,\
+                 character_set_results,time_zone,last_gtid",
+            ),
         ] {
             assert_eq!(value_of(&text, name).as_deref(), Some(want), "{name}");
         }

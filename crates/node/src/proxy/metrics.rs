@@ -27,10 +27,16 @@ pub enum ErrorKind {
     PeerDial,
     BadPeerHeader,
     Io,
+    /// mariadbd answered OK to a commit the global binlog does not hold (the commit alarm was
+    /// raised); the client got "outcome unknown".
+    UnloggedCommit,
+    /// Whether a commit is in the global binlog could not be found out in time; the client
+    /// got "outcome unknown".
+    CommitUnverified,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 17] = [
+    pub const ALL: [ErrorKind; 19] = [
         ErrorKind::TooManyConnections,
         ErrorKind::HandshakeTimeout,
         ErrorKind::BadHandshake,
@@ -48,6 +54,8 @@ impl ErrorKind {
         ErrorKind::PeerDial,
         ErrorKind::BadPeerHeader,
         ErrorKind::Io,
+        ErrorKind::UnloggedCommit,
+        ErrorKind::CommitUnverified,
     ];
 
     /// Stable label for exporters.
@@ -70,6 +78,8 @@ impl ErrorKind {
             ErrorKind::PeerDial => "peer_dial",
             ErrorKind::BadPeerHeader => "bad_peer_header",
             ErrorKind::Io => "io",
+            ErrorKind::UnloggedCommit => "unlogged_commit",
+            ErrorKind::CommitUnverified => "commit_unverified",
         }
     }
 
@@ -86,6 +96,13 @@ pub struct PortMetrics {
     pub(crate) bytes_from_clients: AtomicU64,
     pub(crate) bytes_to_clients: AtomicU64,
     pub(crate) errors: [AtomicU64; ErrorKind::ALL.len()],
+    /// Commits whose GTID was checked against the log before their OK was relayed.
+    pub(crate) commit_gtid_checks: AtomicU64,
+    /// Of those, the ones the log did not hold yet at the first look (waited for).
+    pub(crate) commit_gtid_waits: AtomicU64,
+    /// OKs that ended a write transaction without a GTID, held while `SHOW MASTER STATUS` was
+    /// asked whether the binlog is open (TEMPORARY tables, or logging off).
+    pub(crate) binlog_open_checks: AtomicU64,
 }
 
 impl PortMetrics {
@@ -104,6 +121,9 @@ impl PortMetrics {
                 .map(|k| (*k, self.errors[k.index()].load(Relaxed)))
                 .filter(|(_, n)| *n > 0)
                 .collect(),
+            commit_gtid_checks: self.commit_gtid_checks.load(Relaxed),
+            commit_gtid_waits: self.commit_gtid_waits.load(Relaxed),
+            binlog_open_checks: self.binlog_open_checks.load(Relaxed),
         }
     }
 }
@@ -138,6 +158,13 @@ pub struct PortMetricsSnapshot {
     pub bytes_from_clients: u64,
     pub bytes_to_clients: u64,
     pub errors: Vec<(ErrorKind, u64)>,
+    /// See `PortMetrics`: commit checks of the RW relay on the master.
+    #[serde(default)]
+    pub commit_gtid_checks: u64,
+    #[serde(default)]
+    pub commit_gtid_waits: u64,
+    #[serde(default)]
+    pub binlog_open_checks: u64,
 }
 
 impl PortMetricsSnapshot {

@@ -51,6 +51,7 @@
 //! `SHOW PROCESSLIST` names the proxy session whose backend connection has that id. After a
 //! failover ids belong to the new master's mariadbd; old ids are unknown there.
 
+mod commit_check;
 mod metrics;
 pub mod mysql;
 pub mod proxy_v2;
@@ -68,9 +69,11 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use quorumsql_peer::NodeId;
+use quorumsql_wire::Gtid;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+pub use commit_check::{CommitEvidence, CommitVerdict};
 pub use metrics::{ErrorKind, MetricsSnapshot, PortMetricsSnapshot, ProxyMetrics};
 pub use server::{ProxyError, ProxyHandle};
 
@@ -142,7 +145,33 @@ pub trait RouteOracle: Send + Sync + 'static {
     /// this node demoted or fenced). Every RW session opened under an older generation is closed
     /// ("outcome unknown" if it had a command in flight, "nothing executed" otherwise).
     fn subscribe_master_changes(&self) -> watch::Receiver<u64>;
+
+    /// Whether the RW relay must verify that a commit is in the global binlog before relaying
+    /// the OK that ends it (invariant 7; see `commit_check`). Off by default, for fakes that
+    /// have no log.
+    fn commit_checks(&self) -> bool {
+        false
+    }
+    /// Cheap and never blocking: `gtid` is known accepted right now (the newest accepted GTID).
+    /// `false` only means "ask [`RouteOracle::verify_commit`]".
+    fn gtid_logged_now(&self, _gtid: &Gtid) -> bool {
+        false
+    }
+    /// Finds out, within a short bound, whether the commit the evidence describes is safe to
+    /// acknowledge. On [`CommitVerdict::NotLogged`] the oracle raises the node's commit alarm
+    /// (roles fences the master). Called rarely: for a GTID only when
+    /// [`RouteOracle::gtid_logged_now`] said no, and for [`CommitEvidence::NoGtid`].
+    fn verify_commit(&self, _evidence: CommitEvidence) -> VerifyFuture<'_> {
+        Box::pin(async {
+            CommitVerdict::Unknown(
+                "this proxy has no global binlog to verify commits against".into(),
+            )
+        })
+    }
 }
+
+/// A boxed future returned by [`RouteOracle::verify_commit`].
+pub type VerifyFuture<'a> = Pin<Box<dyn Future<Output = CommitVerdict> + Send + 'a>>;
 
 /// A boxed future returned by [`PeerDialer::open`].
 pub type DialFuture<'a> = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send + 'a>>;

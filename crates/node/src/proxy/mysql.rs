@@ -102,8 +102,14 @@ pub enum ClientHello {
     Malformed,
 }
 
-/// Inspects the head of the client's first packet, clearing `clear_caps` in place.
-pub fn patch_handshake_response(head: &mut [u8], total_len: usize, clear_caps: u32) -> ClientHello {
+/// Inspects the head of the client's first packet, clearing `clear_caps` and setting
+/// `set_caps` in place (the proxy sets `CLIENT_SESSION_TRACK` to learn each commit's GTID).
+pub fn patch_handshake_response(
+    head: &mut [u8],
+    total_len: usize,
+    clear_caps: u32,
+    set_caps: u32,
+) -> ClientHello {
     if head.len() < 4 {
         return ClientHello::Malformed;
     }
@@ -114,7 +120,7 @@ pub fn patch_handshake_response(head: &mut [u8], total_len: usize, clear_caps: u
     if caps & caps::SSL != 0 && total_len == 32 {
         return ClientHello::SslRequest;
     }
-    head[0..4].copy_from_slice(&(caps & !clear_caps).to_le_bytes());
+    head[0..4].copy_from_slice(&((caps & !clear_caps) | set_caps).to_le_bytes());
     let user = head.get(32..).and_then(|rest| {
         let end = rest.iter().position(|&b| b == 0)?;
         std::str::from_utf8(&rest[..end]).ok().map(str::to_owned)
@@ -243,7 +249,7 @@ mod tests {
         r.extend_from_slice(b"app\0\x14");
         let total = r.len();
         assert_eq!(
-            patch_handshake_response(&mut r, total, caps::MULTI_STATEMENTS),
+            patch_handshake_response(&mut r, total, caps::MULTI_STATEMENTS, 0),
             ClientHello::Response {
                 user: Some("app".into())
             }
@@ -255,11 +261,11 @@ mod tests {
         let mut ssl = (caps::PROTOCOL_41 | caps::SSL).to_le_bytes().to_vec();
         ssl.extend_from_slice(&[0; 28]);
         assert_eq!(
-            patch_handshake_response(&mut ssl, 32, 0),
+            patch_handshake_response(&mut ssl, 32, 0, 0),
             ClientHello::SslRequest
         );
         assert_eq!(
-            patch_handshake_response(&mut [1, 2], 2, 0),
+            patch_handshake_response(&mut [1, 2], 2, 0, 0),
             ClientHello::Malformed
         );
     }

@@ -28,6 +28,10 @@ pub(crate) enum CloseReason {
     Shutdown,
     /// Closed by the node (e.g. RO sessions at promotion).
     ClosedByNode,
+    /// mariadbd answered OK to a commit the global binlog does not hold; the OK was withheld.
+    UnloggedCommit,
+    /// Whether a commit is in the global binlog could not be verified; the OK was withheld.
+    CommitUnverified,
 }
 
 impl CloseReason {
@@ -99,6 +103,17 @@ impl CloseReason {
                 mysql::ER_NO_MASTER,
                 "QuorumSQL: this node's role changed and it closed the session; reconnect",
             ),
+            CloseReason::UnloggedCommit => (
+                mysql::ER_OUTCOME_UNKNOWN,
+                "QuorumSQL: the database reported your commit done but the replicated log does \
+                 not hold it (binary logging failed on the master); the master is being fenced \
+                 and the outcome of your transaction is unknown: reconnect and check",
+            ),
+            CloseReason::CommitUnverified => (
+                mysql::ER_OUTCOME_UNKNOWN,
+                "QuorumSQL: the proxy could not verify that your commit reached the replicated \
+                 log; the outcome of your transaction is unknown: reconnect and check",
+            ),
         })
     }
 
@@ -115,6 +130,8 @@ impl CloseReason {
             CloseReason::BadHandshake => ErrorKind::BadHandshake,
             CloseReason::TlsRequested => ErrorKind::TlsRequested,
             CloseReason::Desync | CloseReason::Shutdown => ErrorKind::Io,
+            CloseReason::UnloggedCommit => ErrorKind::UnloggedCommit,
+            CloseReason::CommitUnverified => ErrorKind::CommitUnverified,
         })
     }
 }

@@ -33,6 +33,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Mutex};
 use tokio::time::Instant;
 
+use super::commit_check::{self, CommitEvidence, CommitTracker, CommitVerdict};
 use super::metrics::{ErrorKind, PortMetrics};
 use super::mysql::{self, caps, com, parse_header, ClientHello, SqlError, HEADER_LEN, MAX_CHUNK};
 use super::registry::{CloseReason, KillOutcome, Registry, SessionControl};
@@ -114,6 +115,21 @@ pub(crate) struct RelayCtx<'a> {
     pub(crate) rw_in_flight: Option<&'a AtomicUsize>,
 }
 
+impl RelayCtx<'_> {
+    /// Whether this session's OKs that end write transactions are checked against the log:
+    /// RW sessions on the master relayed to the local mariadbd (a forwarding proxy relays
+    /// what the master's proxy already checked).
+    fn commit_checks(&self) -> bool {
+        matches!(
+            self.mode,
+            Mode::Local {
+                port: PortKind::Rw,
+                epoch: Some(_)
+            }
+        ) && self.oracle.commit_checks()
+    }
+}
+
 const PHASE_GREETING: u8 = 0;
 const PHASE_AUTH: u8 = 1;
 const PHASE_COMMAND: u8 = 2;
@@ -141,6 +157,9 @@ struct Shared {
     /// tracking lose track, never end a reply early).
     client_caps: AtomicU32,
     server_caps: AtomicU32,
+    /// The proxy set `CLIENT_SESSION_TRACK` for a client that did not ask for it: session
+    /// state is cut out of the OKs it gets.
+    strip_state: AtomicBool,
 }
 
 impl Shared {
@@ -157,6 +176,7 @@ impl Shared {
             reply_left: AtomicU64::new(0),
             client_caps: AtomicU32::new(0),
             server_caps: AtomicU32::new(0),
+            strip_state: AtomicBool::new(false),
         }
     }
 
@@ -203,6 +223,9 @@ enum Reply {
 
 enum Action {
     Forward,
+    /// Forward the packet cut to this many payload bytes (its whole payload is in the head;
+    /// the header's length is patched). Used to strip session state a client did not ask for.
+    Cut(usize),
     /// Drop the packet; answer with the reply once all of it has been read.
     Skip(Option<Reply>),
     Close(CloseReason),
@@ -222,8 +245,9 @@ trait Direction {
         bytes: &[u8],
         boundary: bool,
     ) -> impl Future<Output = Result<(), CloseReason>> + Send;
-    /// Waits for the forwarding rule to hold again (client direction only).
-    fn await_lease(&mut self) -> impl Future<Output = Result<(), CloseReason>> + Send;
+    /// Waits for the forwarding rule to hold again (client direction), or for a held OK's
+    /// commit check (server direction); `decide` is then asked again.
+    fn await_lease(&mut self, sh: &Shared) -> impl Future<Output = Result<(), CloseReason>> + Send;
     /// Answers the client instead of forwarding (client direction only).
     fn reply(
         &mut self,
@@ -232,6 +256,17 @@ trait Direction {
         seq: u8,
     ) -> impl Future<Output = Result<(), CloseReason>> + Send;
 }
+
+/// What `Framer::apply` relays of a decided chunk.
+enum Relay {
+    All,
+    Skip,
+    /// The first `n` payload bytes (the whole packet is in the head).
+    Cut(usize),
+}
+
+/// A split-read scratch buffer up to this size is kept between packets (a whole OK packet fits).
+const SCRATCH_KEEP: usize = HEADER_LEN + commit_check::OK_MAX + 64;
 
 /// Packet framing state of one direction.
 #[derive(Default)]
@@ -282,11 +317,20 @@ impl Framer {
         len: usize,
         seq: u8,
         consumed: usize,
-    ) -> Result<bool, CloseReason> {
+    ) -> Result<Relay, CloseReason> {
         match action {
             Action::Forward => {
                 self.start_chunk(len, seq, consumed);
-                Ok(true)
+                Ok(Relay::All)
+            }
+            // Only whole packets in the head are cut (`consumed == len`).
+            Action::Cut(keep) if keep < consumed && consumed == len && len < MAX_CHUNK => {
+                self.start_chunk(len, seq, consumed);
+                Ok(Relay::Cut(keep))
+            }
+            Action::Cut(_) => {
+                self.start_chunk(len, seq, consumed);
+                Ok(Relay::All)
             }
             Action::Skip(reply) => {
                 self.start_chunk(len, seq, consumed);
@@ -294,7 +338,7 @@ impl Framer {
                 if reply.is_some() {
                     self.reply = reply;
                 }
-                Ok(false)
+                Ok(Relay::Skip)
             }
             Action::Close(r) => Err(r),
             Action::AwaitLease => Err(CloseReason::LeaseLost),
@@ -355,16 +399,27 @@ impl Framer {
                     let mut action =
                         self.decide_chunk(d, sh, &mut data[body..body + want], len, seq);
                     while let Action::AwaitLease = action {
-                        d.await_lease().await?;
+                        // What was decided before goes out first (the wait may end the
+                        // session, and its error must follow whole packets).
+                        if run < i {
+                            d.forward(sh, &data[run..i], !self.cont).await?;
+                            run = i;
+                        }
+                        d.await_lease(sh).await?;
                         action = self.decide_chunk(d, sh, &mut data[body..body + want], len, seq);
                     }
                     let boundary = !self.cont;
                     match self.apply(action, len, seq, want) {
-                        Ok(true) => {}
-                        Ok(false) => {
+                        Ok(Relay::All) => {}
+                        Ok(Relay::Skip) => {
                             if run < i {
                                 d.forward(sh, &data[run..i], boundary).await?;
                             }
+                            run = body + want;
+                        }
+                        Ok(Relay::Cut(keep)) => {
+                            data[i..i + 3].copy_from_slice(&(keep as u32).to_le_bytes()[..3]);
+                            d.forward(sh, &data[run..body + keep], true).await?;
                             run = body + want;
                         }
                         Err(r) => {
@@ -411,18 +466,24 @@ impl Framer {
             let mut head = std::mem::take(&mut self.head);
             let mut action = self.decide_chunk(d, sh, &mut head[HEADER_LEN..], len, seq);
             while let Action::AwaitLease = action {
-                d.await_lease().await?;
+                d.await_lease(sh).await?;
                 action = self.decide_chunk(d, sh, &mut head[HEADER_LEN..], len, seq);
             }
             let boundary = !self.cont;
-            let forward = self.apply(action, len, seq, want)?;
-            if forward {
-                d.forward(sh, &head, boundary && self.remaining == 0 && !self.cont)
-                    .await?;
+            match self.apply(action, len, seq, want)? {
+                Relay::All => {
+                    d.forward(sh, &head, boundary && self.remaining == 0 && !self.cont)
+                        .await?;
+                }
+                Relay::Cut(keep) => {
+                    head[..3].copy_from_slice(&(keep as u32).to_le_bytes()[..3]);
+                    d.forward(sh, &head[..HEADER_LEN + keep], true).await?;
+                }
+                Relay::Skip => {}
             }
             head.clear();
             // Keep a small scratch buffer; drop a big one so idle sessions stay small.
-            if head.capacity() <= 512 {
+            if head.capacity() <= SCRATCH_KEEP {
                 self.head = head;
             }
             if self.remaining == 0 {
@@ -579,7 +640,17 @@ impl Direction for ClientDir<'_> {
                     let c = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
                     sh.client_caps.store(c, Relaxed);
                 }
-                return match mysql::patch_handshake_response(head, len, self.clear_caps()) {
+                // The commit check needs each commit's GTID in the OK (session tracking of
+                // `last_gtid`); a client that did not ask for it gets the state cut out again.
+                let mut set_caps = 0;
+                let server_tracks = sh.server_caps.load(Relaxed) & caps::SESSION_TRACK != 0;
+                let client_tracks = sh.client_caps.load(Relaxed) & caps::SESSION_TRACK != 0;
+                if self.ctx.commit_checks() && server_tracks && !client_tracks {
+                    set_caps = caps::SESSION_TRACK;
+                    sh.strip_state.store(true, Relaxed);
+                }
+                return match mysql::patch_handshake_response(head, len, self.clear_caps(), set_caps)
+                {
                     ClientHello::SslRequest => Action::Close(CloseReason::TlsRequested),
                     ClientHello::Malformed => Action::Close(CloseReason::BadHandshake),
                     ClientHello::Response { user } => {
@@ -671,7 +742,7 @@ impl Direction for ClientDir<'_> {
         }
     }
 
-    async fn await_lease(&mut self) -> Result<(), CloseReason> {
+    async fn await_lease(&mut self, _sh: &Shared) -> Result<(), CloseReason> {
         let Mode::Local {
             epoch: Some(epoch), ..
         } = self.ctx.mode
@@ -723,9 +794,85 @@ struct ServerDir<'a> {
     ctx: &'a RelayCtx<'a>,
     client: &'a Mutex<OwnedWriteHalf>,
     rx: watch::Receiver<Option<CloseReason>>,
+    /// `RelayCtx::commit_checks`, fixed for the session.
+    checking: bool,
+    commit: CommitTracker,
+    /// The last packet of a reply, held until the commit it acknowledges is verified.
+    held: Option<Held>,
+}
+
+/// A reply's last packet waiting for its commit check.
+struct Held {
+    evidence: CommitEvidence,
+    /// Cut the session state out of it when it goes (see `Shared::strip_state`).
+    cut: Option<usize>,
+    seq: u8,
+    /// The check passed: relay it when `decide` is asked again.
+    passed: bool,
 }
 
 impl ServerDir<'_> {
+    /// Whether the next packet in reply state `st` may be an OK the commit check or the
+    /// session-state stripping must read whole.
+    fn reads_whole_ok(&self, sh: &Shared, st: u8) -> bool {
+        match st {
+            reply::FIRST => self.checking || sh.strip_state.load(Relaxed),
+            reply::ROWS => sh.deprecate_eof() && (self.checking || sh.strip_state.load(Relaxed)),
+            reply::SIMPLE | reply::AUTH => sh.strip_state.load(Relaxed),
+            _ => false,
+        }
+    }
+
+    /// The commit check and the session-state stripping at a server packet of the command
+    /// phase; `st` / `next` are the reply states before and after it.
+    fn guard(
+        &mut self,
+        sh: &Shared,
+        head: &mut [u8],
+        len: usize,
+        seq: u8,
+        st: u8,
+        next: u8,
+    ) -> Action {
+        let b0 = head.first().copied();
+        let result_ok = len < MAX_CHUNK
+            && match st {
+                reply::FIRST => b0 == Some(0x00),
+                reply::ROWS => b0 == Some(0xFE) && sh.deprecate_eof(),
+                _ => false,
+            };
+        let simple_ok =
+            len < MAX_CHUNK && matches!(st, reply::SIMPLE | reply::AUTH) && b0 == Some(0x00);
+        let mut cut = None;
+        if result_ok || simple_ok {
+            let view = commit_check::parse_ok(head, len);
+            if self.checking && result_ok {
+                match &view {
+                    Some(v) => self.commit.on_ok(v),
+                    None => self.commit.on_unreadable_ok(),
+                }
+            }
+            if let Some(v) = view {
+                cut = strip_state(sh, head, &v);
+            }
+        }
+        if self.checking && next == reply::DONE_PENDING {
+            if let Some(evidence) = self.commit.take_check() {
+                self.held = Some(Held {
+                    evidence,
+                    cut,
+                    seq,
+                    passed: false,
+                });
+                return Action::AwaitLease;
+            }
+        }
+        match cut {
+            Some(k) => Action::Cut(k),
+            None => Action::Forward,
+        }
+    }
+
     /// The relay's own bookkeeping of the first server packet of a command's reply.
     fn follow_command(&self, sh: &Shared, head: &[u8], seq: u8) {
         match sh.last_cmd.load(Relaxed) {
@@ -752,6 +899,7 @@ impl Direction for ServerDir<'_> {
         }
         match sh.phase.load(Relaxed) {
             PHASE_GREETING => GREETING_HEAD,
+            PHASE_AUTH if sh.strip_state.load(Relaxed) => commit_check::OK_MAX,
             PHASE_AUTH => 1,
             _ => {
                 let own = match sh.last_cmd.load(Relaxed) {
@@ -759,7 +907,13 @@ impl Direction for ServerDir<'_> {
                     com::CHANGE_USER => 1,
                     _ => 0,
                 };
-                own.max(reply::server_want(sh.reply.load(Relaxed)))
+                let st = sh.reply.load(Relaxed);
+                let whole = if self.reads_whole_ok(sh, st) {
+                    commit_check::OK_MAX
+                } else {
+                    0
+                };
+                own.max(reply::server_want(st)).max(whole)
             }
         }
     }
@@ -794,9 +948,20 @@ impl Direction for ServerDir<'_> {
             PHASE_AUTH => {
                 if head.first() == Some(&0x00) {
                     sh.phase.store(PHASE_COMMAND, Relaxed);
+                    if len < MAX_CHUNK {
+                        if let Some(v) = commit_check::parse_ok(head, len) {
+                            if let Some(k) = strip_state(sh, head, &v) {
+                                return Action::Cut(k);
+                            }
+                        }
+                    }
                 }
             }
             _ => {
+                if let Some(h) = self.held.take_if(|h| h.passed) {
+                    // Asked again after the commit check passed: the state moved already.
+                    return h.cut.map_or(Action::Forward, Action::Cut);
+                }
                 let st = sh.reply.load(Relaxed);
                 let mut left = sh.reply_left.load(Relaxed);
                 let next = reply::on_server_packet(st, &mut left, head, len, sh.deprecate_eof());
@@ -805,6 +970,9 @@ impl Direction for ServerDir<'_> {
                     sh.set_reply(self.ctx.rw_in_flight, next);
                 }
                 self.follow_command(sh, head, seq);
+                if self.checking || sh.strip_state.load(Relaxed) {
+                    return self.guard(sh, head, len, seq, st, next);
+                }
             }
         }
         Action::Forward
@@ -837,13 +1005,74 @@ impl Direction for ServerDir<'_> {
         Ok(())
     }
 
-    async fn await_lease(&mut self) -> Result<(), CloseReason> {
-        Ok(())
+    /// The commit check of a held OK (see `commit_check`).
+    async fn await_lease(&mut self, sh: &Shared) -> Result<(), CloseReason> {
+        let Some(held) = self.held.as_mut() else {
+            return Ok(());
+        };
+        let m = self.ctx.metrics;
+        let oracle = self.ctx.oracle;
+        let verdict = match held.evidence {
+            CommitEvidence::Gtid(g) => {
+                m.commit_gtid_checks.fetch_add(1, Relaxed);
+                if oracle.gtid_logged_now(&g) {
+                    CommitVerdict::Logged
+                } else {
+                    m.commit_gtid_waits.fetch_add(1, Relaxed);
+                    tokio::select! {
+                        v = oracle.verify_commit(held.evidence) => v,
+                        r = closed(&mut self.rx) => return Err(r),
+                    }
+                }
+            }
+            CommitEvidence::NoGtid => {
+                m.binlog_open_checks.fetch_add(1, Relaxed);
+                tokio::select! {
+                    v = oracle.verify_commit(held.evidence) => v,
+                    r = closed(&mut self.rx) => return Err(r),
+                }
+            }
+        };
+        let (reason, why) = match verdict {
+            CommitVerdict::Logged => {
+                held.passed = true;
+                return Ok(());
+            }
+            CommitVerdict::NotLogged(why) => (CloseReason::UnloggedCommit, why),
+            CommitVerdict::Unknown(why) => (CloseReason::CommitUnverified, why),
+        };
+        tracing::error!(
+            evidence = ?held.evidence,
+            thread_id = self.ctx.ctl.thread_id(),
+            %why,
+            "withheld mariadbd's OK for a commit the global binlog does not hold; the client \
+             gets \"outcome unknown\""
+        );
+        // The error takes the place of the withheld packet.
+        sh.next_seq.store(held.seq, Relaxed);
+        self.held = None;
+        Err(reason)
     }
 
     async fn reply(&mut self, _sh: &Shared, _reply: Reply, _seq: u8) -> Result<(), CloseReason> {
         Ok(())
     }
+}
+
+/// For a client that did not negotiate `CLIENT_SESSION_TRACK` (the proxy did, see
+/// `Shared::strip_state`): clears `SERVER_SESSION_STATE_CHANGED` in the OK in place and returns
+/// the payload length without the session state.
+fn strip_state(sh: &Shared, head: &mut [u8], ok: &commit_check::OkView) -> Option<usize> {
+    if !sh.strip_state.load(Relaxed)
+        || !ok.complete
+        || ok.status & commit_check::SESSION_STATE_CHANGED == 0
+    {
+        return None;
+    }
+    let status = ok.status & !commit_check::SESSION_STATE_CHANGED;
+    head.get_mut(ok.status_at..ok.status_at + 2)?
+        .copy_from_slice(&status.to_le_bytes());
+    Some(ok.len_without_state)
 }
 
 /// Reads from `reader` and feeds the framer until the session closes.
@@ -972,6 +1201,9 @@ pub(crate) async fn relay(
         ctx,
         client: &cw,
         rx: ctx.ctl.subscribe(),
+        checking: ctx.commit_checks(),
+        commit: CommitTracker::default(),
+        held: None,
     };
     let c2s = pump(ctx, &sh, cr, &mut cdir, CloseReason::ClientGone);
     let s2c = pump(ctx, &sh, br, &mut sdir, CloseReason::BackendGone);
@@ -1052,7 +1284,7 @@ mod tests {
             Ok(())
         }
 
-        async fn await_lease(&mut self) -> Result<(), CloseReason> {
+        async fn await_lease(&mut self, _sh: &Shared) -> Result<(), CloseReason> {
             Ok(())
         }
 
