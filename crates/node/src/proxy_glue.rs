@@ -56,6 +56,8 @@ struct NodeOracle {
     gate: SwitchoverGate,
     /// Raised when a commit was acknowledged by mariadbd but is not in the log.
     alarm: CommitAlarm,
+    /// The raft term when this oracle raised the alarm (0: it did not).
+    alarm_epoch: AtomicU64,
     applied: watch::Receiver<AppliedPosition>,
     /// The local mariadbd's socket, and a root connection on it kept for the binlog check.
     socket: PathBuf,
@@ -278,6 +280,9 @@ impl RouteOracle for NodeOracle {
             };
             if let CommitVerdict::NotLogged(why) = &verdict {
                 tracing::error!(%why, "commit alarm: this master acknowledged a commit outside the global binlog");
+                // The raft term now: at least the epoch the session forwarded under.
+                self.alarm_epoch
+                    .store(self.log.status().term.max(1), Ordering::Release);
                 self.alarm.raise(why.clone());
             }
             verdict
@@ -319,6 +324,7 @@ pub async fn start(
         generation,
         gate,
         alarm,
+        alarm_epoch: AtomicU64::new(0),
         applied: log.subscribe_applied(),
         socket: crate::mariadb::MariadbConfig::from_node_config(cfg).socket(),
         admin: tokio::sync::Mutex::new(None),
@@ -358,6 +364,19 @@ pub async fn start(
             loop {
                 let epoch = oracle.compute_epoch();
                 oracle.forwarding_epoch.store(epoch, Ordering::Release);
+                // The alarm stops forwarding until this node is master of a later epoch: it
+                // was demoted in between, and demotion fences (SIGKILLs) the mariadbd whose
+                // binlog had turned itself off.
+                let raised_in = oracle.alarm_epoch.load(Ordering::Acquire);
+                if epoch != 0 && raised_in != 0 && epoch > raised_in {
+                    tracing::info!(
+                        epoch,
+                        raised_in,
+                        "commit alarm cleared: master again in a later epoch"
+                    );
+                    oracle.alarm_epoch.store(0, Ordering::Release);
+                    oracle.alarm.reset();
+                }
                 let master = status.borrow().master;
                 let role = roles.borrow().role;
                 let planted = crate::planted::active(crate::planted::Bug::SkipLease);

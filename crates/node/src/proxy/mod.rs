@@ -36,6 +36,10 @@
 //!   master change it closes idle ones at once and gives the others up to the lease pause plus
 //!   1 s for the master's proxy, which knows whether the command reached mariadbd, to answer.
 //!   [`ProxyHandle::rw_in_flight`] counts the local RW sessions with a command in flight.
+//! - 1053 / 08007 also replaces an OK the master's proxy withheld: it ended a write transaction
+//!   that the global binlog does not hold (or that could not be verified in time), e.g. after
+//!   mariadbd turned binary logging off (`commit_check`); the session is closed and the commit
+//!   alarm raised.
 //! - 1927 / 08007: closed by `KILL` through the proxy (outcome of its statement unknown).
 //! - 1040 / 08004 too many connections; 1043 / 08S01 bad or stalled handshake or a TLS request;
 //!   1159 / 08S01 idle timeout; 1235 / 42000 statement refused (the connection stays open).
