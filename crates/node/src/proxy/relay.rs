@@ -9,7 +9,10 @@
 //!
 //! Backend → client: the greeting (the connection id; TLS and compression switched off), the end
 //! of the authentication (OK), and `LOCAL INFILE` requests, whose file data the client then sends
-//! with sequence ids that may wrap to 0 and must not be read as commands.
+//! with sequence ids that may wrap to 0 and must not be read as commands. On the master's RW
+//! port every OK is read whole (a few dozen bytes): the last packet of a reply that ends a
+//! write transaction is held until the commit is known to be in the global binlog, and session
+//! state the proxy asked for on a client's behalf is cut out (`commit_check`).
 //!
 //! Both directions also follow whether a command is in flight (forwarded, reply not fully
 //! relayed; see `reply`), which picks the error a closed session gets: a few integer updates
