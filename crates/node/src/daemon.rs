@@ -181,11 +181,11 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
 
     // Roles drives mariadbd.
     let sink = Arc::new(LogSink::new(log.clone()));
-    // TODO(lead): roles.with_commit_alarm(commit_alarm) once Roles has it (fence on raise,
-    // reset when a new mariadbd becomes master); until then the alarm only stops forwarding.
-    let _ = &commit_alarm;
+    // The proxy raises the alarm when mariadbd OKs a commit the log does not hold; roles then
+    // fences this master and marks it diverged (and resets the alarm at its next promotion).
     let roles = Roles::new(cfg.clone(), log.clone(), db, sink, role_tx)
-        .with_switchover(switchover_rx, gate);
+        .with_switchover(switchover_rx, gate)
+        .with_commit_alarm(commit_alarm);
     let roles_task = tokio::spawn(roles.run(shutdown.clone()));
 
     wait_for_signal().await;

@@ -407,12 +407,13 @@ pub async fn start(
             let cfg = Arc::new(cfg.clone());
             let socket = Arc::new(crate::mariadb::MariadbConfig::from_node_config(&cfg).socket());
             let roles = roles.clone();
+            let donor_log = log.clone();
             tokio::spawn(async move {
                 while let Some(s) = streams.recv().await {
                     match s.purpose {
                         StreamPurpose::Proxy => proxy.serve_peer_stream(s.from, s.stream),
                         StreamPurpose::Rebuild => {
-                            let donate = may_donate(&roles.borrow());
+                            let donate = may_donate(&roles.borrow(), &donor_log.status());
                             tracing::info!(to = %s.from, ?donate, "rebuild: backup requested");
                             let (cfg, socket) = (cfg.clone(), socket.clone());
                             tokio::spawn(async move {
@@ -433,14 +434,30 @@ pub async fn start(
 
 /// Only a healthy replica donates a backup: its data holds nothing the log has not accepted
 /// (see `rebuild`).
-fn may_donate(role: &RoleSnapshot) -> Result<(), String> {
-    if role.role == Role::Replica && role.healthy() {
-        Ok(())
-    } else {
-        Err(format!(
+fn may_donate(role: &RoleSnapshot, log: &quorumsql_log::LogStatus) -> Result<(), String> {
+    if role.role != Role::Replica || !role.healthy() {
+        return Err(format!(
             "only a healthy replica donates; this node is {}{}",
             role.role.as_str(),
             if role.healthy() { "" } else { " and unhealthy" }
-        ))
+        ));
     }
+    // A replica far behind the log (typically one that just restarted) would hand out an old
+    // copy the joiner may not be able to continue from: let a caught-up replica donate.
+    let applied = role
+        .applied_gtid
+        .as_ref()
+        .and_then(|g| g.get(0))
+        .map_or(0, |g| g.seq);
+    let newest = log.last_gtid.map_or(0, |g| g.seq);
+    if newest.saturating_sub(applied) > DONOR_MAX_LAG_TXNS {
+        return Err(format!(
+            "this replica is {} transactions behind the log; ask a caught-up one",
+            newest - applied
+        ));
+    }
+    Ok(())
 }
+
+/// How far behind the log a replica may be and still donate a backup.
+const DONOR_MAX_LAG_TXNS: u64 = 1_000;

@@ -1392,10 +1392,36 @@ impl Roles {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(format!("cannot read {}: {e}", marker.display())),
         };
-        let state: GtidState = text
+        let from_backup_info: GtidState = text
             .trim()
             .parse()
             .map_err(|e| format!("{} holds no GTID state: {e}", marker.display()))?;
+        // The GTID column of xtrabackup_binlog_info can name the *first* transaction of the
+        // donor's last group commit while the data holds the whole group (seen in chaos runs
+        // with parallel apply): replicating from there fails on duplicate keys. The donor's
+        // mysql.gtid_slave_pos is InnoDB, written in the same transactions as the data, so the
+        // restored server loads exactly what its data holds.
+        let slave_pos: Option<GtidState> = self
+            .query_one("SELECT @@gtid_slave_pos")
+            .await?
+            .filter(|v| !v.trim().is_empty())
+            .and_then(|v| v.trim().parse().ok());
+        let state = match slave_pos {
+            Some(p)
+                if p.get(0).map(|g| g.seq).unwrap_or(0)
+                    >= from_backup_info.get(0).map(|g| g.seq).unwrap_or(0) =>
+            {
+                p
+            }
+            other => {
+                warn!(
+                    gtid_slave_pos = ?other.map(|p| p.to_string()),
+                    backup_info = %from_backup_info,
+                    "rebuilt datadir: gtid_slave_pos is behind the backup's binlog info; using the latter"
+                );
+                from_backup_info
+            }
+        };
         let state_sql = state.to_string();
         self.exec("RESET MASTER").await?;
         self.exec(&format!("SET GLOBAL gtid_binlog_state = '{state_sql}'"))
