@@ -197,7 +197,17 @@ enum Health {
     Problems(Vec<String>),
     /// Stopped in a way that may mean the local history left the log.
     SuspectDivergence(String),
+    /// The applier stopped because the local data does not match what the log's transactions
+    /// expect (a duplicate key, a missing row or table): diverged, whatever the binlog says.
+    DataDiverged(String),
 }
+
+/// Applier errors that mean the replica's data differs from the history the log describes:
+/// duplicate key, row not found, table/database/column missing or already there, column type
+/// mismatch. Replaying the same transactions can only fail the same way.
+const DATA_DIVERGENCE_ERRNOS: &[&str] = &[
+    "1062", "1032", "1146", "1050", "1051", "1054", "1091", "1049", "1007", "1008", "1677",
+];
 
 /// The roles task and everything it drives.
 pub struct Roles {
@@ -458,6 +468,7 @@ impl Roles {
                 problems = match self.replica_health().await {
                     Ok(Health::Ok) => vec![],
                     Ok(Health::Problems(p)) => p,
+                    Ok(Health::DataDiverged(why)) => return ReplicaExit::Diverged(why),
                     Ok(Health::SuspectDivergence(why)) => {
                         // The applier stopped on a local GTID or serve refused our position:
                         // decide by content whether this node's history left the log.
@@ -500,6 +511,12 @@ impl Roles {
         let get = |name: &str| row.get(name).unwrap_or_default().to_string();
         let sql_errno = get("Last_SQL_Errno");
         let io_errno = get("Last_IO_Errno");
+        if DATA_DIVERGENCE_ERRNOS.contains(&sql_errno.as_str()) {
+            return Ok(Health::DataDiverged(format!(
+                "the replication applier stopped on SQL error {sql_errno} {}",
+                get("Last_SQL_Error")
+            )));
+        }
         if sql_errno == "1950" || io_errno == "1236" {
             return Ok(Health::SuspectDivergence(format!(
                 "replication stopped: SQL error {sql_errno} {}; IO error {io_errno} {}",
