@@ -12,6 +12,40 @@ use crate::net::Network;
 use crate::nodes::{describe, NodesError, QuorumCluster};
 use crate::workload::Target;
 
+/// A rebuild streams a full backup, prepares it and restarts mariadbd: the end of a run waits at
+/// least this long once one is under way, whatever `--recovery-timeout` says.
+pub const REBUILD_RECOVERY_MIN: Duration = Duration::from_secs(120);
+
+/// A node that was not healthy when the end of the run stopped waiting.
+#[derive(Debug, Clone)]
+pub struct Unrecovered {
+    pub node: NodeIndex,
+    pub role: String,
+    pub problems: String,
+}
+
+/// How the end-of-run wait ended.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    /// A master was up at the end.
+    pub master: bool,
+    pub not_healthy: Vec<Unrecovered>,
+    pub waited: Duration,
+    /// The last cluster status, one line per node.
+    pub status: String,
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Recovery {
+            master: true,
+            not_healthy: Vec::new(),
+            waited: Duration::ZERO,
+            status: String::new(),
+        }
+    }
+}
+
 pub enum Cluster {
     Quorum(QuorumCluster),
     Galera(GaleraCluster),
@@ -163,41 +197,79 @@ impl Cluster {
         }
     }
 
-    /// After healing: a master and every node healthy, except nodes that report themselves
-    /// diverged, which stay so until an operator rebuilds them (the product has no automatic
-    /// rebuild): waiting for them would only run into the timeout. Returns those nodes, each
-    /// with what it says.
-    pub async fn wait_recovered(
-        &self,
-        within: Duration,
-    ) -> Result<Vec<(NodeIndex, String)>, NodesError> {
+    /// After healing: a master and every node healthy, previously diverged nodes included (the
+    /// product rebuilds them from a healthy replica). Waits `within`, and at least
+    /// [`REBUILD_RECOVERY_MIN`] once a node was seen diverged or rebuilding while a healthy
+    /// donor existed. Returns the nodes still not healthy at the deadline (none when the cluster
+    /// is whole), each with its role and problems, and whether a master was up.
+    pub async fn wait_recovered(&self, within: Duration) -> Recovery {
         let c = match self {
             Cluster::Quorum(c) => c,
-            Cluster::Galera(c) => return c.wait_ready(within).await.map(|_| Vec::new()),
+            Cluster::Galera(c) => {
+                return match c.wait_ready(within).await {
+                    Ok(_) => Recovery::default(),
+                    Err(e) => Recovery {
+                        master: false,
+                        not_healthy: Vec::new(),
+                        waited: within,
+                        status: e.to_string(),
+                    },
+                };
+            }
         };
-        let deadline = Instant::now() + within;
+        let started = Instant::now();
+        let mut rebuild_seen = false;
         loop {
             let st = c.cluster_status().await;
-            let diverged: Vec<(NodeIndex, String)> = st
+            let not_healthy: Vec<Unrecovered> = st
                 .nodes
                 .iter()
-                .filter(|n| n.role == "diverged")
+                .filter(|n| !n.healthy)
                 .filter_map(|n| {
-                    NodeIndex::try_from(n.id)
-                        .ok()
-                        .map(|i| (i, n.problems.join(" / ")))
+                    NodeIndex::try_from(n.id).ok().map(|node| Unrecovered {
+                        node,
+                        role: n.role.clone(),
+                        problems: n.problems.join(" / "),
+                    })
                 })
                 .collect();
-            let healthy = st.nodes.iter().filter(|n| n.healthy).count();
-            if st.master.is_some() && healthy + diverged.len() >= st.nodes.len() {
-                return Ok(diverged);
-            }
-            if Instant::now() >= deadline {
-                return Err(NodesError::Timeout {
-                    what: "a master and every node healthy or diverged".into(),
-                    within,
+            // A node that does not answer is not in `st.nodes` at all.
+            let answered = st.nodes.len();
+            let expected = c.nodes().len();
+            if st.master.is_some() && not_healthy.is_empty() && answered >= expected {
+                return Recovery {
+                    master: true,
+                    not_healthy,
+                    waited: started.elapsed(),
                     status: describe(&st),
-                });
+                };
+            }
+            rebuild_seen |= not_healthy
+                .iter()
+                .any(|u| u.role == "diverged" || u.role == "rebuilding")
+                && st.nodes.iter().any(|n| n.healthy);
+            let limit = if rebuild_seen {
+                within.max(REBUILD_RECOVERY_MIN)
+            } else {
+                within
+            };
+            if started.elapsed() >= limit {
+                let mut not_healthy = not_healthy;
+                for i in c.nodes() {
+                    if !st.nodes.iter().any(|n| n.id == u64::from(i)) {
+                        not_healthy.push(Unrecovered {
+                            node: i,
+                            role: "unreachable".into(),
+                            problems: "its admin port did not answer /status".into(),
+                        });
+                    }
+                }
+                return Recovery {
+                    master: st.master.is_some(),
+                    not_healthy,
+                    waited: started.elapsed(),
+                    status: describe(&st),
+                };
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

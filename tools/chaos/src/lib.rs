@@ -11,15 +11,19 @@
 //! nemesis    the seeded fault schedule and how each fault is applied and healed
 //! workload   clients: register, bank, set, list-append; records every operation
 //! rotation   the `binlog-rotation-failure` fault: stray directory, FLUSH BINARY LOGS, heal
+//! ddl_fence  the `ddl-at-fence` fault: followers stopped, commits and a DDL waiting, fence
+//! rebuilds   the product's automatic rebuilds, read back from the nodes' logs and data dirs
 //! runner     one run end to end: start, load, break, heal, quiet, final reads, check, report
 //! ```
 
 pub mod clock;
 pub mod cluster;
+pub mod ddl_fence;
 pub mod galera;
 pub mod nemesis;
 pub mod net;
 pub mod nodes;
+pub mod rebuilds;
 pub mod rotation;
 pub mod runner;
 pub mod workload;

@@ -1,6 +1,7 @@
 //! `quorumsql-chaos`: break a real QuorumSQL cluster on purpose and check every client history.
 //!
-//! The last line is `chaos: target=T ops=N ok=O fail=F unknown=U anomalies=A lost=L seed=S`; the
+//! The last line is
+//! `chaos: target=T ops=N ok=O fail=F unknown=U anomalies=A lost=L rebuilds=R seed=S`; the
 //! exit code is 0 only for a clean run (no anomaly, nothing lost), 1 for a dirty run and 2 when
 //! the harness could not run at all.
 
@@ -27,12 +28,13 @@ struct Args {
     /// Quiet period under load after the last fault healed.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     quiet: Duration,
-    /// How long the healed cluster may take to be whole again and its replicas to converge.
+    /// How long the healed cluster may take to be whole again and its replicas to converge
+    /// (at least 120 s once a node is being rebuilt).
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     recovery_timeout: Duration,
     /// Comma-separated nemeses: kill, pause, partition, restart-all, follower-restart,
     /// kill-query, switchover, pause-master, isolate-master, clock-jump,
-    /// binlog-rotation-failure; or `all` / `none`.
+    /// binlog-rotation-failure, ddl-at-fence; or `all` / `none`.
     #[arg(long, default_value = "kill,pause,partition")]
     nemesis: String,
     /// Comma-separated workloads: register, bank, set, list-append.
@@ -209,6 +211,9 @@ fn main() {
             }
             for n in &summary.notes {
                 eprintln!("note: {}: {}", n.kind, n.message);
+            }
+            for e in &summary.rebuilds.episodes {
+                eprintln!("rebuild: {}", e.line());
             }
             eprint!("{}", summary.checks.summary());
             println!("{}", summary.last_line());

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::ClockMode;
 use crate::cluster::Cluster;
+use crate::ddl_fence::{self, FinalCheck};
 use crate::rotation;
 
 /// What a nemesis can do. `--nemesis` takes these names (or `all`, `none`).
@@ -48,6 +49,9 @@ pub enum Nemesis {
     /// A stray directory named like the master's next binlog file, then `FLUSH BINARY LOGS`:
     /// MariaDB turns binary logging off (design-review 2); removed again to heal.
     BinlogRotationFailure,
+    /// The followers' quorumsql stopped, INSERTs waiting for their ACK on the master and a DDL
+    /// behind them, until the master fences itself (design-review 14); the followers resume.
+    DdlAtFence,
 }
 
 pub const ALL: &[Nemesis] = &[
@@ -60,6 +64,7 @@ pub const ALL: &[Nemesis] = &[
     Nemesis::Switchover,
     Nemesis::ClockJump,
     Nemesis::BinlogRotationFailure,
+    Nemesis::DdlAtFence,
 ];
 
 impl FromStr for Nemesis {
@@ -77,11 +82,12 @@ impl FromStr for Nemesis {
             "isolate-master" => Nemesis::IsolateMaster,
             "clock-jump" => Nemesis::ClockJump,
             "binlog-rotation-failure" => Nemesis::BinlogRotationFailure,
+            "ddl-at-fence" => Nemesis::DdlAtFence,
             other => {
                 return Err(format!(
                     "unknown nemesis {other:?}; known: kill, pause, partition, restart-all, \
                      follower-restart, kill-query, switchover, pause-master, isolate-master, \
-                     clock-jump, binlog-rotation-failure, all, none"
+                     clock-jump, binlog-rotation-failure, ddl-at-fence, all, none"
                 ))
             }
         })
@@ -139,6 +145,10 @@ pub struct Applied {
     pub planned: Planned,
     pub description: String,
     pub span: FaultSpan,
+    /// What the end of the run must find on every node because of this fault (statements of
+    /// the nemesis itself that were answered OK).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub final_checks: Vec<FinalCheck>,
 }
 
 /// Runs the schedule against the cluster. Every fault is healed before the next one starts,
@@ -160,7 +170,9 @@ pub async fn run(
         }
         let start_ns = ns_since(run_start);
         let mut rng = StdRng::seed_from_u64(p.choice);
-        let (description, nodes) = apply(&cluster, &p, &mut rng, &binary, &stop).await;
+        let mut final_checks = Vec::new();
+        let (description, nodes) =
+            apply(&cluster, &p, &mut rng, &binary, &stop, &mut final_checks).await;
         if let Err(e) = cluster.heal() {
             tracing::error!("healing after {:?}: {e}", p.nemesis);
         }
@@ -178,6 +190,7 @@ pub async fn run(
             },
             planned: p,
             description,
+            final_checks,
         });
     }
     if let Err(e) = cluster.heal() {
@@ -215,6 +228,7 @@ async fn apply(
     rng: &mut StdRng,
     binary: &std::path::Path,
     stop: &CancellationToken,
+    final_checks: &mut Vec<FinalCheck>,
 ) -> (String, Vec<NodeIndex>) {
     let all = cluster.nodes();
     match p.nemesis {
@@ -400,6 +414,18 @@ async fn apply(
         }
         Nemesis::ClockJump => clock_jump(cluster, p, rng, binary, stop).await,
         Nemesis::BinlogRotationFailure => binlog_rotation_failure(cluster, p, rng, stop).await,
+        Nemesis::DdlAtFence => {
+            let (Some(q), Some(m)) = (cluster.quorum(), cluster.master().await) else {
+                hold(p.duration, stop).await;
+                return (
+                    format!("ddl-at-fence skipped (no master on {})", cluster.name()),
+                    Vec::new(),
+                );
+            };
+            let out = ddl_fence::run(q, m, p.duration, stop).await;
+            final_checks.extend(out.checks);
+            (out.description, out.nodes)
+        }
         Nemesis::Switchover => {
             let master = cluster.master().await;
             let out = match master.and_then(|m| cluster.admin_addr(m)) {
@@ -707,10 +733,15 @@ mod tests {
     }
 
     #[test]
-    fn all_includes_the_clock_and_binlog_faults() {
+    fn all_includes_the_clock_binlog_and_ddl_faults() {
         let all = parse_list("all").unwrap();
         assert!(all.contains(&Nemesis::ClockJump));
         assert!(all.contains(&Nemesis::BinlogRotationFailure));
+        assert!(all.contains(&Nemesis::DdlAtFence));
+        assert_eq!(
+            parse_list("ddl-at-fence,kill").unwrap(),
+            vec![Nemesis::DdlAtFence, Nemesis::Kill]
+        );
         assert_eq!(
             parse_list(" clock-jump , binlog-rotation-failure,kill").unwrap(),
             vec![

@@ -243,6 +243,11 @@ impl QuorumCluster {
             .map(|c| c.node.data_dir.join("mariadb.sock"))
     }
 
+    /// Node `i`'s data dir (its log, its `mariadb/` and what rebuilds set aside).
+    pub fn data_dir(&self, i: NodeIndex) -> Option<PathBuf> {
+        self.configs.get(&i).map(|c| c.node.data_dir.clone())
+    }
+
     pub fn log_path(&self, i: NodeIndex) -> PathBuf {
         self.dir.join(format!("node{i}")).join("quorumsql.log")
     }

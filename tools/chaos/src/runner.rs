@@ -1,6 +1,7 @@
 //! One chaos run end to end: start the cluster, load it, break it on schedule, heal, let it go
 //! quiet, read everything back, check the history and every node's data, write the outputs.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,10 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{self, FakeClocks};
 use crate::cluster::Cluster;
+use crate::ddl_fence::FinalCheck;
 use crate::galera::GaleraCluster;
 use crate::nemesis::{self, Applied, Nemesis};
 use crate::net::{Netns, Network};
 use crate::nodes::{NodeProcessEnv, QuorumCluster};
+use crate::rebuilds::{self, Episode};
 use crate::workload::{self, Recorder, WorkloadConfig, WorkloadKind};
 
 /// Which system the run breaks.
@@ -88,9 +91,10 @@ pub struct RunSummary {
     pub lost: u64,
     pub faults: Vec<Applied>,
     pub problems: Vec<Problem>,
-    /// Findings that are the product's designed reaction, not anomalies (a node that must be
-    /// rebuilt after a binlog rotation failure).
+    /// Findings that are not anomalies (where rebuild logs and data dirs disagree).
     pub notes: Vec<Problem>,
+    /// The product's automatic rebuilds during the run.
+    pub rebuilds: Rebuilds,
     pub checks: quorumsql_chaos_check::CheckReport,
     pub out: PathBuf,
 }
@@ -98,7 +102,8 @@ pub struct RunSummary {
 impl RunSummary {
     pub fn last_line(&self) -> String {
         format!(
-            "chaos: target={} ops={} ok={} fail={} unknown={} anomalies={} lost={} seed={}",
+            "chaos: target={} ops={} ok={} fail={} unknown={} anomalies={} lost={} rebuilds={} \
+             seed={}",
             self.target,
             self.ops,
             self.ok,
@@ -106,6 +111,7 @@ impl RunSummary {
             self.unknown,
             self.anomalies,
             self.lost,
+            self.rebuilds.count,
             self.seed
         )
     }
@@ -208,6 +214,9 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, RunError> {
     }
 
     let run_start = Instant::now();
+    let run_start_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     let recorder = Recorder::new(run_start);
     let stop_load = CancellationToken::new();
     let mut clients = Vec::new();
@@ -254,36 +263,39 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, RunError> {
         }
     }
 
-    // After healing, every node must be back and serving, or say it is diverged. A node hit
-    // by a binlog rotation failure is expected to need a rebuild (design-review 2): that is a
-    // note. Any other diverged node is an anomaly.
-    let rotation_hit: Vec<u8> = applied
-        .iter()
-        .filter(|a| a.planned.nemesis == Nemesis::BinlogRotationFailure)
-        .flat_map(|a| a.span.nodes.iter().copied())
-        .collect();
-    let mut notes = Vec::new();
-    let diverged = match cluster.wait_recovered(cfg.recovery_timeout).await {
-        Ok(d) => d,
-        Err(e) => {
-            problems.push(anomaly("no-recovery", e.to_string()));
-            Vec::new()
-        }
-    };
-    for (n, why) in &diverged {
-        if rotation_hit.contains(n) {
-            notes.push(anomaly(
-                "needs-rebuild",
-                format!(
-                    "node{n} is diverged after a binlog rotation failure and stays out until an \
-                     operator rebuilds it (no automatic rebuild): {why}"
-                ),
-            ));
-        } else {
-            problems.push(anomaly("diverged", format!("node{n}: {why}")));
-        }
+    // After healing, every node must be back and serving, previously diverged ones included:
+    // the product rebuilds a diverged node from a healthy replica on its own.
+    let recovery = cluster.wait_recovered(cfg.recovery_timeout).await;
+    tracing::info!(
+        "recovery after {:?}: master={} not healthy: {:?}",
+        recovery.waited,
+        recovery.master,
+        recovery.not_healthy
+    );
+    if !recovery.master {
+        problems.push(anomaly(
+            "no-recovery",
+            format!(
+                "no master {:?} after the last fault healed: {}",
+                recovery.waited, recovery.status
+            ),
+        ));
     }
-    let diverged: Vec<u8> = diverged.into_iter().map(|(n, _)| n).collect();
+    for u in &recovery.not_healthy {
+        let kind = if u.role == "diverged" || u.role == "rebuilding" {
+            "not-rebuilt"
+        } else {
+            "no-recovery"
+        };
+        problems.push(anomaly(
+            kind,
+            format!(
+                "node{} is still {} {:?} after the last fault healed (not healthy): {}",
+                u.node, u.role, recovery.waited, u.problems
+            ),
+        ));
+    }
+    let unrecovered: Vec<u8> = recovery.not_healthy.iter().map(|u| u.node).collect();
     if let Err(e) = workload::final_reads(
         &cfg.workloads,
         &wcfg,
@@ -295,7 +307,13 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, RunError> {
     {
         problems.push(anomaly("final-read-failed", e.to_string()));
     }
-    problems.extend(convergence(&cluster, cfg.recovery_timeout, &diverged).await);
+    problems.extend(convergence(&cluster, cfg.recovery_timeout, &unrecovered).await);
+    let final_checks: Vec<FinalCheck> = applied
+        .iter()
+        .flat_map(|a| a.final_checks.iter().cloned())
+        .collect();
+    problems.extend(nemesis_checks(&cluster, &final_checks, &unrecovered).await);
+    let rebuilt = rebuilds_seen(&cluster, run_start_unix);
 
     let history = recorder.snapshot();
     finish(
@@ -305,12 +323,108 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, RunError> {
         history,
         applied,
         problems,
-        notes,
+        rebuilt,
     )
 }
 
+/// What the product's automatic rebuilds did in this run (`crate::rebuilds`).
+#[derive(Debug, Default, Serialize)]
+pub struct Rebuilds {
+    /// Completed rebuilds: the datadirs they set aside, over every node.
+    pub count: usize,
+    /// Per node, the datadirs set aside (`mariadb.diverged-<unix time>`).
+    pub kept_datadirs: BTreeMap<String, Vec<String>>,
+    /// From the node logs: each divergence and the rebuild that ended it, with run times.
+    pub episodes: Vec<Episode>,
+    /// Where the logs and the data dirs disagree.
+    #[serde(skip)]
+    pub notes: Vec<String>,
+}
+
+fn rebuilds_seen(cluster: &Cluster, run_start_unix: f64) -> Rebuilds {
+    let Some(q) = cluster.quorum() else {
+        return Rebuilds::default();
+    };
+    let mut out = Rebuilds::default();
+    for i in q.nodes() {
+        let kept = q
+            .data_dir(i)
+            .map(|d| rebuilds::kept_datadirs(&d))
+            .unwrap_or_default();
+        let episodes = match std::fs::read_to_string(q.log_path(i)) {
+            Ok(text) => rebuilds::parse_log(i, &text, run_start_unix),
+            Err(e) => {
+                out.notes.push(format!(
+                    "node{i}: cannot read {}: {e}",
+                    q.log_path(i).display()
+                ));
+                Vec::new()
+            }
+        };
+        let in_log = episodes.iter().filter(|e| e.rebuilt()).count();
+        if in_log != kept.len() {
+            out.notes.push(format!(
+                "node{i}: {} datadir(s) set aside but {in_log} rebuild(s) in its log",
+                kept.len()
+            ));
+        }
+        out.count += kept.len();
+        if !kept.is_empty() {
+            out.kept_datadirs.insert(format!("node{i}"), kept);
+        }
+        out.episodes.extend(episodes);
+    }
+    out.episodes
+        .sort_by(|a, b| a.diverged_at.total_cmp(&b.diverged_at));
+    out
+}
+
+/// The nemeses' own statements that were answered OK must be durable on every node that
+/// recovered (`ddl_fence::FinalCheck`).
+async fn nemesis_checks(cluster: &Cluster, checks: &[FinalCheck], excluded: &[u8]) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if checks.is_empty() {
+        return out;
+    }
+    for i in cluster
+        .nodes()
+        .into_iter()
+        .filter(|i| !excluded.contains(i))
+    {
+        let Some(sock) = cluster.mariadb_socket(i) else {
+            continue;
+        };
+        let mut conn = match SqlConn::connect_unix(&sock, "root", "").await {
+            Ok(c) => c,
+            Err(e) => {
+                out.push(anomaly(
+                    "checksum-failed",
+                    format!("node{i}: cannot check the nemeses' acknowledged statements: {e}"),
+                ));
+                continue;
+            }
+        };
+        for c in checks {
+            let got = conn.query_value(&c.query).await;
+            match got {
+                Ok(Some(v)) if v == c.expect => {}
+                other => out.push(anomaly(
+                    "lost-nemesis-write",
+                    format!(
+                        "node{i}: {} but `{}` gives {other:?}, not {}",
+                        c.what, c.query, c.expect
+                    ),
+                )),
+            }
+        }
+        conn.quit().await;
+    }
+    out
+}
+
 /// Every node's mariadbd holds the same data once replication caught up (DESIGN §6 inv. 3);
-/// diverged nodes (mariadbd stopped until rebuilt) are left out.
+/// nodes that did not recover (already an anomaly; a diverged one's mariadbd is stopped) are
+/// left out.
 async fn convergence(cluster: &Cluster, within: Duration, diverged: &[u8]) -> Vec<Problem> {
     if let Err(e) = cluster.wait_caught_up(within, diverged).await {
         return vec![anomaly("not-converged", e)];
@@ -378,8 +492,13 @@ fn finish(
     mut history: Vec<Op>,
     applied: Vec<Applied>,
     problems: Vec<Problem>,
-    notes: Vec<Problem>,
+    rebuilds: Rebuilds,
 ) -> Result<RunSummary, RunError> {
+    let notes: Vec<Problem> = rebuilds
+        .notes
+        .iter()
+        .map(|n| anomaly("rebuild-count", n.clone()))
+        .collect();
     history.sort_by_key(|o| (o.end_ns, o.id));
     let report = check(&history, initial);
     let mut hist = Vec::new();
@@ -419,6 +538,7 @@ fn finish(
         faults: applied,
         problems,
         notes,
+        rebuilds,
         checks: report,
         out: cfg.out.clone(),
     };
