@@ -22,7 +22,8 @@ pub struct Episode {
     pub why: String,
     /// Rebuild attempts that failed before the one that finished (or before the end).
     pub failed_attempts: u32,
-    /// The last attempt: when the backup stream started, and from which donor.
+    /// The last attempt: when the stream to the donor opened (the donor may still refuse), and
+    /// which donor.
     pub receiving_at: Option<f64>,
     pub donor: Option<String>,
     /// The rebuilt datadir swapped in.
@@ -41,8 +42,8 @@ impl Episode {
     pub fn line(&self) -> String {
         let at = |t: Option<f64>| t.map_or_else(|| "-".to_string(), |t| format!("{t:.1}s"));
         format!(
-            "node{}: diverged at {:.1}s ({}); {}backup from {} at {}, datadir replaced at {}, \
-             replica at {}",
+            "node{}: diverged at {:.1}s ({}); {}last attempt (donor {}) at {}, datadir replaced \
+             at {}, replica at {}",
             self.node,
             self.diverged_at,
             cut(&self.why, 120),
