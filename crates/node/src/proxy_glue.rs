@@ -460,4 +460,4 @@ fn may_donate(role: &RoleSnapshot, log: &quorumsql_log::LogStatus) -> Result<(),
 }
 
 /// How far behind the log a replica may be and still donate a backup.
-const DONOR_MAX_LAG_TXNS: u64 = 1_000;
+const DONOR_MAX_LAG_TXNS: u64 = 10_000;

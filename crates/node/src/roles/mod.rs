@@ -1738,7 +1738,7 @@ const REJOIN_CATCH_UP: Duration = Duration::from_secs(10);
 /// A diverged node waits this long before its first rebuild attempt; failures back off up to
 /// [`REBUILD_MAX_BACKOFF`].
 const REBUILD_FIRST_DELAY: Duration = Duration::from_secs(3);
-const REBUILD_MAX_BACKOFF: Duration = Duration::from_secs(60);
+const REBUILD_MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Where a divergence found while running (not by the rejoin check) is recorded.
 fn diverged_path(cfg: &NodeConfig) -> std::path::PathBuf {
