@@ -234,22 +234,14 @@ pub async fn receive_and_install(
         _ => return Err(truncated("unexpected first frame".into())),
     }
     let unpack_log = base.join("rebuild-unpack.log");
-    let log = std::fs::File::create(&unpack_log)
-        .map_err(|e| RebuildError::io("creating", &unpack_log, e))?;
-    let mut mbstream = Command::new(&cfg.mariadb.mbstream)
-        .arg("-x")
-        .arg("-C")
-        .arg(&staging)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| RebuildError::Tool {
-            program: cfg.mariadb.mbstream.display().to_string(),
-            why: e.to_string(),
-            log: unpack_log.clone(),
-        })?;
+    let mut mbstream = spawn_logged(
+        Command::new(&cfg.mariadb.mbstream)
+            .arg("-x")
+            .arg("-C")
+            .arg(&staging)
+            .stdin(Stdio::piped()),
+        &unpack_log,
+    )?;
     let Some(mut stdin) = mbstream.stdin.take() else {
         return Err(RebuildError::Tool {
             program: "mbstream".into(),
@@ -298,21 +290,13 @@ pub async fn receive_and_install(
     tracing::info!(donor, bytes, "rebuild: backup received; preparing it");
 
     let prepare_log = base.join("rebuild-prepare.log");
-    let log = std::fs::File::create(&prepare_log)
-        .map_err(|e| RebuildError::io("creating", &prepare_log, e))?;
-    let mut prepare = Command::new(&cfg.mariadb.mariadb_backup)
-        .arg("--prepare")
-        .arg(format!("--target-dir={}", staging.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| RebuildError::Tool {
-            program: cfg.mariadb.mariadb_backup.display().to_string(),
-            why: e.to_string(),
-            log: prepare_log.clone(),
-        })?;
+    let mut prepare = spawn_logged(
+        Command::new(&cfg.mariadb.mariadb_backup)
+            .arg("--prepare")
+            .arg(format!("--target-dir={}", staging.display()))
+            .stdin(Stdio::null()),
+        &prepare_log,
+    )?;
     run_ok(&mut prepare, "mariadb-backup --prepare", &prepare_log).await?;
 
     // MariaDB 10.11 writes `xtrabackup_binlog_info`; newer versions `mariadb_backup_binlog_info`.
@@ -361,6 +345,21 @@ pub async fn receive_and_install(
     }
     tracing::info!(donor, %gtid_state, kept = %kept.display(), "rebuild: datadir replaced");
     Ok(gtid_state)
+}
+
+/// Starts one of the joiner's tools with its stderr in `log` (named in every error about it).
+fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<tokio::process::Child, RebuildError> {
+    let file = std::fs::File::create(log).map_err(|e| RebuildError::io("creating", log, e))?;
+    let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::from(file))
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| RebuildError::Tool {
+            program,
+            why: e.to_string(),
+            log: log.to_path_buf(),
+        })
 }
 
 async fn run_ok(

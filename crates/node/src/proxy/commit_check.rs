@@ -57,20 +57,7 @@ pub(crate) struct OkView {
 
 /// A length-encoded integer at `b[at..]`: (value, bytes used).
 fn lenenc(b: &[u8], at: usize) -> Option<(u64, usize)> {
-    let first = *b.get(at)?;
-    let n = match first {
-        0..=0xFA => return Some((u64::from(first), 1)),
-        0xFC => 2,
-        0xFD => 3,
-        0xFE => 8,
-        _ => return None,
-    };
-    let bytes = b.get(at + 1..at + 1 + n)?;
-    let mut v = 0u64;
-    for (i, &x) in bytes.iter().enumerate() {
-        v |= u64::from(x) << (8 * i);
-    }
-    Some((v, 1 + n))
+    super::reply::lenenc(b.get(at..)?)
 }
 
 /// A length-encoded string at `b[at..]`: (the bytes, offset after it).

@@ -117,7 +117,7 @@ pub(crate) fn server_want(st: u8) -> usize {
 }
 
 /// A length-encoded integer at the start of `b`, and its size.
-fn lenenc(b: &[u8]) -> Option<(u64, usize)> {
+pub(crate) fn lenenc(b: &[u8]) -> Option<(u64, usize)> {
     let (&first, rest) = b.split_first()?;
     let n = match first {
         0..=0xFA => return Some((u64::from(first), 1)),

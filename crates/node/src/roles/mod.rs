@@ -860,7 +860,12 @@ impl Roles {
                 Err(_) => self.admin = None,
             }
             if let Some(m) = self.capture.as_ref().map(CaptureHandle::metrics) {
-                self.publish(|s| s.capture = Some(m));
+                // Counters only: readers borrow the newest value, nobody is woken for it (the
+                // proxy's routing task watches this channel for role changes).
+                self.state.send_if_modified(|s| {
+                    s.capture = Some(m);
+                    false
+                });
             }
             if Instant::now() >= next_report {
                 next_report = Instant::now() + Duration::from_secs(2);
