@@ -379,7 +379,11 @@ pub async fn start(
                 }
                 let master = status.borrow().master;
                 let role = roles.borrow().role;
-                let planted = crate::planted::active(crate::planted::Bug::SkipLease);
+                // Planted bug (test builds only): a deposed master keeps its own sessions open.
+                // Other nodes still close theirs, so clients move on to the new master and
+                // its writes make the old master's reads stale.
+                let planted = crate::planted::active(crate::planted::Bug::SkipLease)
+                    && last_master.is_some_and(|(node, _)| node == oracle.me);
                 if (epoch != last_epoch || master != last_master) && !planted {
                     oracle.generation.send_modify(|g| *g += 1);
                 }

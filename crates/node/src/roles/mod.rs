@@ -735,14 +735,18 @@ impl Roles {
             let master_ok = st.role == RaftRole::Leader
                 && st.term == epoch.0
                 && st.master == Some((self.me, epoch));
-            if crate::planted::active(crate::planted::Bug::SkipLease)
-                && (!master_ok || st.lease_remaining.is_none())
-            {
-                // Planted bug (test builds only): a deposed master goes on serving for a while
-                // before it notices, which is the window the lease exists to close.
-                let since = *planted_since.get_or_insert_with(Instant::now);
-                if since.elapsed() < Duration::from_secs(3) {
-                    continue;
+            if crate::planted::active(crate::planted::Bug::SkipLease) {
+                if master_ok && st.lease_remaining.is_some() {
+                    // The window starts afresh at each loss: a lapse early in the phase must
+                    // not use it up for a later one.
+                    planted_since = None;
+                } else {
+                    // Planted bug (test builds only): a deposed master goes on serving for a
+                    // while before it notices, which is the window the lease exists to close.
+                    let since = *planted_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() < Duration::from_secs(3) {
+                        continue;
+                    }
                 }
             }
             if !master_ok {
