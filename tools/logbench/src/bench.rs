@@ -20,6 +20,18 @@ pub struct BenchArgs {
     pub payload_bytes: usize,
     /// Where the nodes keep their logs (a fresh temporary directory if `None`).
     pub dir: Option<PathBuf>,
+    pub proposers: Proposers,
+}
+
+/// Where the proposers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Proposers {
+    /// Inside the master's process, as capture proposes inside a QuorumSQL node: measures the
+    /// log alone.
+    InProcess,
+    /// In the bench process, each over its own TCP connection to the master: adds a loopback
+    /// round trip and two process wake-ups to every commit, and the client's CPU to the machine.
+    Remote,
 }
 
 #[derive(Debug, Clone)]
@@ -61,19 +73,33 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         .map_err(BenchError::Cluster)?;
     let target = cluster.nodes()[master].client_addr;
     println!(
-        "logbench: 3 logd nodes in {}, master node{}, {} B payloads, {:?} per step",
+        "logbench: 3 logd nodes in {}, master node{}, {} B payloads, {:?} per step, proposers {}",
         base.display(),
         master + 1,
         args.payload_bytes,
-        args.duration
+        args.duration,
+        match args.proposers {
+            Proposers::InProcess => "in the master's process",
+            Proposers::Remote => "in the bench process over TCP",
+        }
     );
+    let load = |c: usize, d: Duration| {
+        let mode = args.proposers;
+        let bytes = args.payload_bytes;
+        async move {
+            match mode {
+                Proposers::InProcess => load_in_process(target, c, bytes, d).await,
+                Proposers::Remote => load(target, c, bytes, d).await,
+            }
+        }
+    };
 
     // Warm up (connections, page cache, raft-engine file creation) without measuring.
-    let _ = load(target, 4, args.payload_bytes, Duration::from_secs(1)).await;
+    let _ = load(4, Duration::from_secs(1)).await?;
     let mut results = Vec::new();
     for &c in &args.concurrency {
         let before = cluster.status(master).await.map(|s| s.applied_index);
-        let r = load(target, c, args.payload_bytes, args.duration).await;
+        let r = load(c, args.duration).await?;
         let after = cluster.status(master).await.map(|s| s.applied_index);
         // Raft entries written during the step: shows how many proposals one entry (and one
         // fsync) carried.
@@ -144,13 +170,50 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// `concurrency` proposers inside the master's process ([`Request::Load`]), for `duration`.
+pub async fn load_in_process(
+    target: SocketAddr,
+    concurrency: usize,
+    payload_bytes: usize,
+    duration: Duration,
+) -> Result<LoadResult, BenchError> {
+    let bad = |what: String| BenchError::Cluster(format!("in-process load on {target}: {what}"));
+    let mut c = Client::connect(target)
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    let req = Request::Load {
+        concurrency: u32::try_from(concurrency).map_err(|_| bad("too many proposers".into()))?,
+        payload_bytes: u32::try_from(payload_bytes).map_err(|_| bad("payload too large".into()))?,
+        millis: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+    };
+    // The answer comes when the step ends; proposals still in flight then may take a while.
+    match c.call(&req, duration + Duration::from_secs(60)).await {
+        Ok(Response::Loaded {
+            committed,
+            failed,
+            elapsed_us,
+            p50_us,
+            p99_us,
+        }) => Ok(LoadResult {
+            concurrency,
+            committed,
+            failed,
+            rate: committed as f64 / (elapsed_us.max(1) as f64 / 1e6),
+            p50: Duration::from_micros(p50_us),
+            p99: Duration::from_micros(p99_us),
+        }),
+        Ok(other) => Err(bad(format!("unexpected answer {other:?}"))),
+        Err(e) => Err(bad(e.to_string())),
+    }
+}
+
 /// `concurrency` proposers, each with its own connection and one proposal in flight, for `duration`.
 pub async fn load(
     target: SocketAddr,
     concurrency: usize,
     payload_bytes: usize,
     duration: Duration,
-) -> LoadResult {
+) -> Result<LoadResult, BenchError> {
     let payload = Arc::new(vec![0xabu8; payload_bytes]);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -197,14 +260,14 @@ pub async fn load(
     }
     let elapsed = start.elapsed();
     let committed = all.len() as u64;
-    LoadResult {
+    Ok(LoadResult {
         concurrency,
         committed,
         failed,
         rate: committed as f64 / elapsed.as_secs_f64(),
         p50: all.percentile(50.0),
         p99: all.percentile(99.0),
-    }
+    })
 }
 
 /// Round trip of a 1 KiB request and an 8-byte answer over loopback TCP (the network part of a

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -26,6 +26,7 @@ use tracing::{info, warn};
 
 use crate::client::codec;
 use crate::protocol::{DumpedTxn, NodeStatus, Request, Response};
+use crate::stats::Latencies;
 
 /// How long a client proposal may wait for its outcome before it is reported as unknown.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -250,9 +251,24 @@ async fn accept_clients(node: Arc<Node>, listener: TcpListener) {
 }
 
 async fn serve_client(node: Arc<Node>, s: TcpStream) {
+    // A load request runs its proposers as tasks that outlive a single `handle` borrow.
+    let node_for_load = node.clone();
     let mut framed = Framed::new(s, codec());
     while let Some(Ok(frame)) = framed.next().await {
         let resp = match postcard::from_bytes::<Request>(&frame) {
+            Ok(Request::Load {
+                concurrency,
+                payload_bytes,
+                millis,
+            }) => {
+                load(
+                    node_for_load.clone(),
+                    concurrency,
+                    payload_bytes,
+                    Duration::from_millis(millis),
+                )
+                .await
+            }
             Ok(req) => handle(&node, req).await,
             Err(e) => Response::Error(format!("undecodable request: {e}")),
         };
@@ -269,6 +285,9 @@ async fn handle(node: &Node, req: Request) -> Response {
     match req {
         Request::Status => Response::Status(status(node)),
         Request::Propose { payload } => propose(node, payload).await,
+        Request::Load { .. } => {
+            Response::Error("load requests are served by the client loop".into())
+        }
         Request::Dump { after, max_bytes } => {
             let max = usize::try_from(max_bytes)
                 .unwrap_or(usize::MAX)
@@ -292,6 +311,77 @@ async fn handle(node: &Node, req: Request) -> Response {
                 Err(e) => Response::Error(e.to_string()),
             }
         }
+    }
+}
+
+/// Largest in-process load accepted: more proposers than this measure the scheduler, not the log.
+const MAX_LOAD_PROPOSERS: u32 = 4096;
+/// Longest in-process load step.
+const MAX_LOAD: Duration = Duration::from_secs(600);
+
+/// `concurrency` in-process proposers, one proposal each in flight, for `duration`.
+async fn load(
+    node: Arc<Node>,
+    concurrency: u32,
+    payload_bytes: u32,
+    duration: Duration,
+) -> Response {
+    if concurrency == 0 || concurrency > MAX_LOAD_PROPOSERS {
+        return Response::Error(format!(
+            "load: {concurrency} proposers; allowed 1..={MAX_LOAD_PROPOSERS}"
+        ));
+    }
+    if duration.is_zero() || duration > MAX_LOAD {
+        return Response::Error(format!("load: {duration:?}; allowed up to {MAX_LOAD:?}"));
+    }
+    let max_payload = crate::protocol::MAX_CLIENT_FRAME as u32;
+    if payload_bytes > max_payload {
+        return Response::Error(format!(
+            "load: {payload_bytes} B payloads; at most {max_payload} B"
+        ));
+    }
+    let payload = vec![0xabu8; payload_bytes as usize];
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let node = node.clone();
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Latencies::default();
+            let mut failed = 0u64;
+            while start.elapsed() < duration {
+                let t = Instant::now();
+                match propose(&node, payload.clone()).await {
+                    Response::Committed { .. } => lat.record(t.elapsed()),
+                    _ => {
+                        failed += 1;
+                        // A non-master (or one re-synchronising) refuses at once: do not spin.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            (lat, failed)
+        }));
+    }
+    let mut all = Latencies::default();
+    let mut failed = 0;
+    for t in tasks {
+        match t.await {
+            Ok((l, f)) => {
+                all.extend(l);
+                failed += f;
+            }
+            Err(e) => return Response::Error(format!("load: a proposer task failed: {e}")),
+        }
+    }
+    let elapsed = start.elapsed();
+    let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    Response::Loaded {
+        committed: all.len() as u64,
+        failed,
+        elapsed_us: us(elapsed),
+        p50_us: us(all.percentile(50.0)),
+        p99_us: us(all.percentile(99.0)),
     }
 }
 

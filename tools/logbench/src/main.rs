@@ -52,6 +52,10 @@ enum Cmd {
         /// Keep node data here instead of a temporary directory.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Where the proposers run: in-process (inside the master, as capture runs in a node)
+        /// or remote (bench process, one TCP connection each).
+        #[arg(long, value_enum, default_value = "in-process")]
+        proposers: bench::Proposers,
     },
 }
 
@@ -120,11 +124,13 @@ fn main() -> ExitCode {
                 concurrency,
                 payload_bytes,
                 dir,
+                proposers,
             } => bench::run(bench::BenchArgs {
                 duration: Duration::from_secs(seconds),
                 concurrency,
                 payload_bytes,
                 dir,
+                proposers,
             })
             .await
             .map_err(|e| e.to_string()),

@@ -14,6 +14,14 @@ pub enum Request {
         payload: Vec<u8>,
     },
     Status,
+    /// Run `concurrency` proposers inside this node (as capture proposes inside a QuorumSQL
+    /// node), each with one `payload_bytes` proposal in flight, for `millis`; answered with
+    /// [`Response::Loaded`]. Only the master accepts the proposals.
+    Load {
+        concurrency: u32,
+        payload_bytes: u32,
+        millis: u64,
+    },
     /// Accepted transactions after `after` (from the start if `None`), at most about `max_bytes`.
     Dump {
         after: Option<Gtid>,
@@ -39,6 +47,14 @@ pub enum Response {
     Dump {
         txns: Vec<DumpedTxn>,
         more: bool,
+    },
+    /// The outcome of a [`Request::Load`]: commit latencies in microseconds.
+    Loaded {
+        committed: u64,
+        failed: u64,
+        elapsed_us: u64,
+        p50_us: u64,
+        p99_us: u64,
     },
     Error(String),
 }
