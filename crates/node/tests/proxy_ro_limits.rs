@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use proxy_common::*;
 use quorumsql_node::proxy::{ErrorKind, ProxyHandle, ProxyLimits, RoRoute};
+use quorumsql_node::sql::SqlConn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -355,13 +356,12 @@ async fn mariadbds_own_refusal_before_its_greeting_reaches_the_client_with_its_c
     for _ in 0..10 {
         held.push(Raw::connect(rw, "raw").await);
     }
-    let mut root = tokio::process::Command::new("mariadb")
-        .arg("--no-defaults")
-        .arg(format!("--socket={}", server.socket.display()))
-        .args(["-uroot", "-e", "SELECT SLEEP(60)"])
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    // Root takes the SUPER slot, and holds it, before any client tries: a client's login racing
+    // root's would take that slot itself, root would be refused, and every later client would
+    // be refused after its login (08004) rather than before mariadbd's greeting.
+    let root = SqlConn::connect_unix(&server.socket, "root", "")
+        .await
+        .expect("root takes the SUPER slot over the unix socket");
     // Once both slots are taken, mariadbd sends 1040 in place of its greeting; the proxy
     // passes it on as the answer to the client's login, so the CLI shows mariadbd's code.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -383,7 +383,7 @@ async fn mariadbds_own_refusal_before_its_greeting_reaches_the_client_with_its_c
     );
     let p = refused(rw).await;
     assert_eq!(p.err_code(), 1040, "{}", p.err_message());
-    let _ = root.kill().await;
+    drop(root);
     // The held session is unaffected.
     let (_, rows) = held[0].query("SELECT 'held'").await.unwrap();
     assert_eq!(rows, vec![vec!["held".to_string()]]);

@@ -121,6 +121,13 @@ impl TestMariadb {
             .arg("--skip-name-resolve")
             .arg("--innodb-buffer-pool-size=32M")
             .arg("--innodb-flush-log-at-trx-commit=1")
+            // Without a binlog InnoDB makes a commit visible before its redo is on disk: a
+            // reader can see a write that a kill -9 then loses, which the checker rightly calls
+            // an anomaly. With the binlog synced, a commit is visible only after its binlog
+            // fsync, and crash recovery commits it from there (as on QuorumSQL's mariadbds).
+            .arg("--log-bin=mysql-bin")
+            .arg("--server-id=1")
+            .arg("--sync-binlog=1")
             .arg("--max-connections=200")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
