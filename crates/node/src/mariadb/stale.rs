@@ -350,13 +350,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("some-defaults.cnf");
         // `sh -c CMD ARG0`: the path appears as an argument of a harmless process.
-        let mut child = std::process::Command::new("sh")
-            .arg("-c")
-            // Two commands, so sh cannot exec sleep in its own place and lose its argv.
-            .arg("sleep 30; true")
-            .arg(format!("--defaults-file={}", marker.display()))
-            .spawn()
-            .unwrap();
+        // Its own process group, so the sleep that sh forks dies with it below.
+        let mut child = std::os::unix::process::CommandExt::process_group(
+            std::process::Command::new("sh")
+                .arg("-c")
+                // Two commands, so sh cannot exec sleep in its own place and lose its argv.
+                .arg("sleep 30; true")
+                .arg(format!("--defaults-file={}", marker.display())),
+            0,
+        )
+        .spawn()
+        .unwrap();
         let pid = child.id() as i32;
         // spawn can return before the new image's argv is visible in /proc (the vfork parent
         // resumes at the mm switch, before exec sets arg_start): poll briefly.
@@ -369,7 +373,8 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         };
         let other = pids_with_path_in_cmdline(&[dir.path().join("other.cnf")]);
-        child.kill().unwrap();
+        // SAFETY: kill(2) on the test's own process group; no memory is involved.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
         child.wait().unwrap();
         assert!(found.contains(&pid), "{found:?} lacks {pid}");
         assert!(!other.contains(&pid));
