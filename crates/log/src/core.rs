@@ -26,10 +26,13 @@ use raft::{RawNode, ReadOnlyOption, ReadState, Ready, StateRole};
 use serde::{Deserialize, Serialize};
 
 use crate::entry::{encoded_size_bound, Command, EntryPayload, ProposalOrigin, TaggedCommand};
+
+mod pieces;
 use crate::lease::{Lease, LeaseParams, RoundContext};
 use crate::state_machine::{Membership, Outcome, RejectReason, StateMachine, TxnRecord};
 use crate::store::{LogStore, RaftStorage, StoreError};
 use crate::types::{node, BinlogPos, BootInstant, Epoch, Gtid, GtidState, NodeId, ProposalId};
+pub use pieces::{ChunkPos, ReadCursor, TxnPiece};
 
 const META_INITIAL_VOTERS: &str = "initial_voters";
 const META_INCARNATION: &str = "incarnation";
@@ -157,6 +160,14 @@ pub enum LogError {
     CorruptEntry {
         index: u64,
         gtid: Gtid,
+        detail: String,
+    },
+    /// A piece-wise read cursor that does not point inside its transaction (a caller bug or a
+    /// cursor kept across a log it does not belong to).
+    #[error("read cursor {offset} bytes into {gtid} is not inside that transaction: {detail}")]
+    BadCursor {
+        gtid: Gtid,
+        offset: u64,
         detail: String,
     },
     /// An earlier fatal error stopped this core.
@@ -1312,32 +1323,7 @@ impl<S: LogStore> LogCore<S> {
         after: Option<Gtid>,
         max_bytes: usize,
     ) -> Result<Vec<CommittedTxn>, LogError> {
-        let after_seq = match after {
-            Some(g) => {
-                if self.sm.txn(g).is_some() || self.sm.compacted_through() == Some(g) {
-                    Some(g.seq)
-                } else if self.sm.compacted_through_seq().is_some_and(|c| g.seq < c)
-                    && g.domain == 0
-                {
-                    // Older than the retained log: whether it is ours can no longer be told.
-                    return Err(LogError::Compacted {
-                        after: g.to_string(),
-                        through: self.sm.compacted_through_seq().unwrap_or(0),
-                    });
-                } else {
-                    return Err(LogError::UnknownGtid(g));
-                }
-            }
-            None => {
-                if let Some(c) = self.sm.compacted_through_seq() {
-                    return Err(LogError::Compacted {
-                        after: "the start of the log".into(),
-                        through: c,
-                    });
-                }
-                None
-            }
-        };
+        let after_seq = self.resolve_after(after)?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for rec in self.sm.txns_after_seq(after_seq) {
@@ -1360,50 +1346,12 @@ impl<S: LogStore> LogCore<S> {
     }
 
     fn read_txn(&self, rec: &TxnRecord) -> Result<CommittedTxn, LogError> {
-        let store = self.raw.store().store();
-        let mut events = Vec::new();
-        let corrupt = |index: u64, detail: String| LogError::CorruptEntry {
-            index,
-            gtid: rec.gtid,
-            detail,
-        };
-        let mut cached: Option<(u64, EntryPayload)> = None;
-        for loc in &rec.chunks {
-            if cached.as_ref().is_none_or(|(i, _)| *i != loc.index) {
-                let ents = store.entries(loc.index, loc.index + 1, None)?;
-                let e = ents
-                    .first()
-                    .ok_or_else(|| corrupt(loc.index, "entry missing".into()))?;
-                let p =
-                    EntryPayload::decode(&e.data).map_err(|x| corrupt(loc.index, x.to_string()))?;
-                cached = Some((loc.index, p));
-            }
-            let p = cached
-                .as_ref()
-                .map(|(_, p)| p)
-                .ok_or_else(|| corrupt(loc.index, "no payload".into()))?;
-            let chunk = p
-                .commands
-                .get(loc.command as usize)
-                .and_then(|c| match &c.command {
-                    Command::Append { txns, .. } => txns.get(loc.txn as usize),
-                    _ => None,
-                })
-                .filter(|t| t.gtid == rec.gtid)
-                .ok_or_else(|| {
-                    corrupt(
-                        loc.index,
-                        "recorded chunk position holds something else".into(),
-                    )
-                })?;
-            events.extend_from_slice(&chunk.events);
-        }
         Ok(CommittedTxn {
             gtid: rec.gtid,
             origin: rec.origin.clone(),
             digest: rec.digest,
             index: rec.last_index(),
-            events,
+            events: self.read_all_chunks(rec)?,
         })
     }
 

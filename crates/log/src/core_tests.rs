@@ -6,7 +6,8 @@ use bytes::Bytes;
 use raft::eraftpb::{Message, MessageType};
 
 use crate::core::{
-    LogConfig, LogCore, LogError, LogEvent, Output, ProposeError, Role, StepOutcome,
+    LogConfig, LogCore, LogError, LogEvent, Output, ProposeError, ReadCursor, Role, StepOutcome,
+    TxnPiece,
 };
 use crate::entry::{Command, TxnChunk};
 use crate::state_machine::Outcome;
@@ -824,4 +825,222 @@ fn compaction_keeps_what_healthy_members_need_and_flags_members_behind() {
     let mut want = vec![b, lag];
     want.sort();
     assert_eq!(c.nodes[l].status(c.t()).needs_rebuild, want);
+}
+
+fn chunk(seq: u64, n: u32, last: bool, body: &[u8]) -> TxnChunk {
+    TxnChunk {
+        gtid: Gtid::new(0, 1, seq),
+        origin: BinlogPos {
+            file: "bin.000001".into(),
+            offset: seq,
+        },
+        digest: [0; 32],
+        chunk: n,
+        last,
+        events: Bytes::from(body.to_vec()),
+    }
+}
+
+/// Reads every piece from `from` with `max` bytes per call until nothing more comes; checks the
+/// per-call bound and returns the pieces in order.
+fn read_all_pieces(n: &LogCore<MemStore>, from: ReadCursor, max: usize) -> Vec<TxnPiece> {
+    let mut cursor = from;
+    let mut all = Vec::new();
+    for _ in 0..10_000 {
+        let got = n.read_pieces(cursor, max).unwrap();
+        let Some(last) = got.last() else {
+            return all;
+        };
+        let bytes: usize = got.iter().map(|p| p.events.len()).sum();
+        assert!(bytes <= max.max(1), "a call returned {bytes} > {max} bytes");
+        cursor = last.next_cursor();
+        all.extend(got);
+    }
+    panic!("read_pieces never ran dry");
+}
+
+/// The log of the piece tests, on a follower: seq 1 whole; seq 2 in three chunks in three
+/// entries (the middle entry also completes nothing else); seq 3..=5 small and whole in one
+/// entry; seq 6 open (its last chunk never arrives).
+fn chunked_log() -> (Cluster, usize) {
+    let mut c = Cluster::new(3);
+    let l = c.elect_and_promote();
+    let epoch = Epoch(c.nodes[l].term());
+    let g = |s| Some(Gtid::new(0, 1, s));
+    let appends = vec![
+        (None, vec![txn(1, "a")]),
+        (g(1), vec![chunk(2, 0, false, b"0123456789")]),
+        (g(1), vec![chunk(2, 1, false, b"abcdefghij")]),
+        (
+            g(1),
+            vec![
+                chunk(2, 2, true, b"KLMNOPQ"),
+                txn(3, "xy"),
+                txn(4, "zz"),
+                txn(5, "w"),
+            ],
+        ),
+        (g(5), vec![chunk(6, 0, false, b"partial")]),
+    ];
+    for (i, (prev, txns)) in appends.into_iter().enumerate() {
+        let cmd = Command::Append {
+            epoch,
+            prev_gtid: prev,
+            txns,
+        };
+        c.nodes[l].propose(ProposalId(i as u64 + 1), cmd).unwrap();
+        c.run(10);
+    }
+    c.run(20);
+    let f = (l + 1) % 3;
+    assert_eq!(
+        c.nodes[f].state_machine().last_gtid(),
+        Some(Gtid::new(0, 1, 5))
+    );
+    assert!(c.nodes[f].state_machine().has_open_txn());
+    (c, f)
+}
+
+#[test]
+fn a_chunked_transaction_reads_piece_by_piece_as_the_whole_read() {
+    let (c, f) = chunked_log();
+    let n = &c.nodes[f];
+    let whole = n.txns_after(None, usize::MAX).unwrap();
+    assert_eq!(
+        whole.iter().map(|t| t.gtid.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5],
+        "the open transaction 6 is invisible"
+    );
+    for max in [1, 3, 4, 10, 11, 27, 1 << 20] {
+        let pieces = read_all_pieces(n, ReadCursor::After(None), max);
+        // Reassembled per transaction, the pieces are exactly the whole-transaction read.
+        let mut again: Vec<(Gtid, Vec<u8>)> = Vec::new();
+        for p in &pieces {
+            if p.offset == 0 {
+                again.push((p.gtid, p.events.clone()));
+            } else {
+                let (g, ev) = again.last_mut().expect("a continuation follows a start");
+                assert_eq!(
+                    *g, p.gtid,
+                    "max {max}: a continuation of another transaction"
+                );
+                assert_eq!(
+                    p.offset,
+                    ev.len() as u64,
+                    "max {max}: offsets are contiguous"
+                );
+                ev.extend_from_slice(&p.events);
+            }
+        }
+        let want: Vec<(Gtid, Vec<u8>)> = whole.iter().map(|t| (t.gtid, t.events.clone())).collect();
+        assert_eq!(again, want, "max {max}");
+        // `last` on exactly the final piece of each transaction, and on no other.
+        for (i, p) in pieces.iter().enumerate() {
+            let next_is_other = pieces.get(i + 1).is_none_or(|q| q.gtid != p.gtid);
+            assert_eq!(p.last, next_is_other, "max {max}: piece {i} of {}", p.gtid);
+            assert!(!p.events.is_empty());
+            assert_eq!(
+                p.index,
+                whole.iter().find(|t| t.gtid == p.gtid).unwrap().index
+            );
+        }
+        // A transaction of at most `max` bytes is never cut.
+        for t in &whole {
+            if t.events.len() <= max {
+                assert_eq!(
+                    pieces.iter().filter(|p| p.gtid == t.gtid).count(),
+                    1,
+                    "max {max}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn small_transactions_come_many_per_call_and_a_chunked_one_starts_a_call() {
+    let (c, f) = chunked_log();
+    let n = &c.nodes[f];
+    // Seq 1 comes alone: seq 2 has several chunks, so it waits for a call of its own.
+    let got = n.read_pieces(ReadCursor::After(None), 1 << 20).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].gtid.seq, got[0].last), (1, true));
+    // From seq 2 on: all of it, then the small ones in the same call.
+    let got = n.read_pieces(got[0].next_cursor(), 1 << 20).unwrap();
+    let seqs: Vec<u64> = got.iter().map(|p| p.gtid.seq).collect();
+    assert_eq!(seqs, vec![2, 3, 4, 5]);
+    assert_eq!(got[0].events, b"0123456789abcdefghijKLMNOPQ");
+    // 5 bytes left after seq 3 ("xy", 2 bytes) and 4 ("zz"): seq 5 ("w") fits; with 3 bytes it
+    // fits 3 and stops before 4, which does not fit whole.
+    let got = n
+        .read_pieces(ReadCursor::After(Some(Gtid::new(0, 1, 2))), 3)
+        .unwrap();
+    assert_eq!(got.iter().map(|p| p.gtid.seq).collect::<Vec<_>>(), vec![3]);
+    // Nothing after the last complete transaction: the open one never shows.
+    assert!(n
+        .read_pieces(ReadCursor::After(Some(Gtid::new(0, 1, 5))), 1 << 20)
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn a_cursor_inside_a_transaction_resumes_at_its_byte() {
+    let (c, f) = chunked_log();
+    let n = &c.nodes[f];
+    let g2 = Gtid::new(0, 1, 2);
+    let whole = n.txn(g2).unwrap().unwrap().events;
+    for offset in 0..whole.len() as u64 {
+        // Without a chunk position (found by reading), and with the one a piece hands out.
+        let got = n.read_pieces(ReadCursor::within(g2, offset), 4).unwrap();
+        let p = &got[0];
+        // Once seq 2 ends, what is left of the 4 bytes goes to the next small transactions.
+        assert!(got[1..].iter().all(|q| q.gtid.seq > 2 && q.last));
+        let end = (offset as usize + 4).min(whole.len());
+        assert_eq!(p.offset, offset);
+        assert_eq!(p.events, &whole[offset as usize..end], "offset {offset}");
+        assert_eq!(p.last, end == whole.len());
+        if let ReadCursor::Within { at: Some(_), .. } = p.next_cursor() {
+            let next = n.read_pieces(p.next_cursor(), 4).unwrap();
+            let by_offset = n
+                .read_pieces(ReadCursor::within(g2, end as u64), 4)
+                .unwrap();
+            assert_eq!(next, by_offset, "offset {end}");
+        }
+    }
+    assert!(matches!(
+        n.read_pieces(ReadCursor::within(g2, whole.len() as u64), 4),
+        Err(LogError::BadCursor { .. })
+    ));
+    assert!(matches!(
+        n.read_pieces(ReadCursor::within(Gtid::new(0, 1, 6), 0), 4),
+        Err(LogError::UnknownGtid(_))
+    ));
+    assert!(matches!(
+        n.read_pieces(ReadCursor::After(Some(Gtid::new(0, 2, 2))), 4),
+        Err(LogError::UnknownGtid(_))
+    ));
+}
+
+#[test]
+fn piece_cursors_into_compacted_transactions_are_refused_as_compacted() {
+    let (mut c, f) = chunked_log();
+    c.nodes[f]
+        .compact(Some(Gtid::new(0, 1, 2)), 1000)
+        .unwrap()
+        .expect("something to compact");
+    let n = &c.nodes[f];
+    assert!(matches!(
+        n.read_pieces(ReadCursor::within(Gtid::new(0, 1, 1), 0), 4),
+        Err(LogError::Compacted { .. })
+    ));
+    assert!(matches!(
+        n.read_pieces(ReadCursor::After(None), 4),
+        Err(LogError::Compacted { .. })
+    ));
+    // The newest compacted transaction is still a valid place to start after.
+    let through = n.state_machine().compacted_through().unwrap();
+    let got = n
+        .read_pieces(ReadCursor::After(Some(through)), 1 << 20)
+        .unwrap();
+    assert_eq!(got.first().map(|p| p.gtid.seq), Some(through.seq + 1));
 }

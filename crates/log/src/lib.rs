@@ -21,8 +21,8 @@ pub mod store;
 pub mod types;
 
 pub use crate::core::{
-    AppliedCommand, CommittedTxn, CompactReport, LogConfig, LogCore, LogError, LogEvent, LogStatus,
-    Output, PeerProgress, ProposeError, Role, StepOutcome,
+    AppliedCommand, ChunkPos, CommittedTxn, CompactReport, LogConfig, LogCore, LogError, LogEvent,
+    LogStatus, Output, PeerProgress, ProposeError, ReadCursor, Role, StepOutcome, TxnPiece,
 };
 pub use entry::{digest_of, Command, EntryPayload, ProposalOrigin, TaggedCommand, TxnChunk};
 pub use lease::{Lease, LeaseParams};

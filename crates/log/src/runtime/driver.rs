@@ -351,6 +351,13 @@ impl<S: LogStore> Driver<S> {
             } => {
                 let _ = reply.send(self.core.txns_after(after, max_bytes));
             }
+            Request::ReadPieces {
+                from,
+                max_bytes,
+                reply,
+            } => {
+                let _ = reply.send(self.core.read_pieces(from, max_bytes));
+            }
             Request::LookupSeq { domain, seq, reply } => {
                 let _ = reply.send(lookup_seq(self.core.state_machine(), domain, seq));
             }
@@ -688,6 +695,9 @@ impl<S: LogStore> Driver<S> {
                     let _ = reply.send(Err(ProposeError::Stopped(reason.clone())));
                 }
                 Request::ReadTxns { reply, .. } => {
+                    let _ = reply.send(Err(LogError::Stopped(reason.clone())));
+                }
+                Request::ReadPieces { reply, .. } => {
                     let _ = reply.send(Err(LogError::Stopped(reason.clone())));
                 }
                 Request::ClearNeedsRebuild { reply } => {

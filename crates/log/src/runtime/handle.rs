@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use quorumsql_peer::PeerNet;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::core::{CommittedTxn, LogError, LogStatus, ProposeError, Role};
+use crate::core::{CommittedTxn, LogError, LogStatus, ProposeError, ReadCursor, Role, TxnPiece};
 use crate::entry::Command;
 use crate::state_machine::{MemberState, Outcome};
 use crate::types::{BootInstant, Gtid, NodeId};
@@ -56,6 +56,11 @@ pub(crate) enum Request {
         after: Option<Gtid>,
         max_bytes: usize,
         reply: oneshot::Sender<Result<Vec<CommittedTxn>, LogError>>,
+    },
+    ReadPieces {
+        from: ReadCursor,
+        max_bytes: usize,
+        reply: oneshot::Sender<Result<Vec<TxnPiece>, LogError>>,
     },
     LookupSeq {
         domain: u32,
@@ -203,6 +208,28 @@ impl LogHandle {
         self.requests
             .send(Request::ReadTxns {
                 after,
+                max_bytes,
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Accepted, committed transactions in pieces from `from`, at most `max_bytes` of events per
+    /// call (see [`crate::LogCore::read_pieces`]): a transaction larger than `max_bytes` comes in
+    /// several calls, each continuing at the previous piece's [`TxnPiece::next_cursor`]. Read on
+    /// the runtime thread, which copies at most `max_bytes` per call.
+    pub async fn read_pieces(
+        &self,
+        from: ReadCursor,
+        max_bytes: usize,
+    ) -> Result<Vec<TxnPiece>, LogError> {
+        let (reply, rx) = oneshot::channel();
+        let stopped =
+            || LogError::Stopped(self.fatal().unwrap_or_else(|| "log runtime stopped".into()));
+        self.requests
+            .send(Request::ReadPieces {
+                from,
                 max_bytes,
                 reply,
             })
