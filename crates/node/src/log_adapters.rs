@@ -3,12 +3,12 @@
 
 use bytes::Bytes;
 use quorumsql_log::runtime::{LogHandle, SeqLookup};
-use quorumsql_log::{Command, LogError, Outcome, ProposeError, TxnChunk};
+use quorumsql_log::{Command, LogError, Outcome, ProposeError, ReadCursor, TxnChunk};
 use quorumsql_wire::Gtid;
 use tokio::sync::watch;
 
 use crate::capture::{AppendFuture, AppendOutcome, CapturedTxn, Epoch, SinkError, TxnSink};
-use crate::serve::{SourceError, Standing, Txn, TxnSource};
+use crate::serve::{SourceError, Standing, TxnPiece, TxnReader, TxnSource};
 
 /// Capture's appends become `Append` proposals; only an *accepted* outcome lets capture ACK.
 pub struct LogSink {
@@ -66,7 +66,7 @@ impl TxnSink for LogSink {
     }
 }
 
-/// serve reads whole, committed, accepted transactions from the log.
+/// serve reads committed, accepted transactions from the log (in pieces, see [`LogTxnReader`]).
 pub struct LogTxnSource {
     log: LogHandle,
     rt: tokio::runtime::Handle,
@@ -116,26 +116,56 @@ impl TxnSource for LogTxnSource {
         Ok(!matches!(self.lookup(0, 1)?, SeqLookup::Compacted))
     }
 
-    fn read_after(&self, after: Option<Gtid>, max_bytes: usize) -> Result<Vec<Txn>, SourceError> {
-        let txns = self
-            .rt
-            .block_on(self.log.read_txns_after(after, max_bytes))
-            .map_err(|e| match (e, after) {
-                (LogError::Compacted { .. }, Some(a)) => SourceError::Compacted { after: a },
-                (LogError::UnknownGtid(g), _) => SourceError::UnknownCursor(g),
-                (e, _) => SourceError::Unavailable(e.to_string()),
-            })?;
-        Ok(txns
-            .into_iter()
-            .map(|t| Txn {
-                gtid: t.gtid,
-                events: Bytes::from(t.events),
-                origin_fd: None,
-            })
-            .collect())
+    fn reader(&self, after: Option<Gtid>) -> Box<dyn TxnReader> {
+        Box::new(LogTxnReader {
+            log: self.log.clone(),
+            rt: self.rt.clone(),
+            cursor: ReadCursor::After(after),
+        })
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
+    }
+}
+
+/// serve's reader of the log: piece-wise reads (`LogHandle::read_pieces`), so a transaction larger
+/// than serve's read size is never held whole, here or on the log's runtime thread.
+pub struct LogTxnReader {
+    log: LogHandle,
+    rt: tokio::runtime::Handle,
+    /// Where the next read starts; moves past every piece handed out.
+    cursor: ReadCursor,
+}
+
+impl TxnReader for LogTxnReader {
+    fn read(&mut self, max_bytes: usize) -> Result<Vec<TxnPiece>, SourceError> {
+        let pieces = self
+            .rt
+            .block_on(self.log.read_pieces(self.cursor, max_bytes))
+            .map_err(|e| match (e, self.cursor) {
+                (LogError::Compacted { .. }, ReadCursor::After(Some(a))) => {
+                    SourceError::Compacted { after: a }
+                }
+                (LogError::Compacted { .. }, ReadCursor::Within { gtid, .. }) => {
+                    SourceError::Compacted { after: gtid }
+                }
+                (LogError::UnknownGtid(g), _) => SourceError::UnknownCursor(g),
+                (e, _) => SourceError::Unavailable(e.to_string()),
+            })?;
+        if let Some(p) = pieces.last() {
+            self.cursor = p.next_cursor();
+        }
+        Ok(pieces
+            .into_iter()
+            .map(|p| TxnPiece {
+                gtid: p.gtid,
+                offset: p.offset,
+                // Zero-copy: the log's buffer becomes the piece.
+                events: Bytes::from(p.events),
+                last: p.last,
+                origin_fd: None,
+            })
+            .collect())
     }
 }

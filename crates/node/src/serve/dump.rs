@@ -1,17 +1,19 @@
 //! One COM_BINLOG_DUMP: decide the start (or refuse with 1236), then stream the virtual binlog —
-//! fake ROTATE, FD, GTID_LIST, whole transactions, heartbeats when idle — with semi-sync framing
-//! when the replica asked for it, while a reader task takes the replica's ACKs.
+//! fake ROTATE, FD, GTID_LIST, transactions, heartbeats when idle — with semi-sync framing when
+//! the replica asked for it, while a reader task takes the replica's ACKs. A transaction is read
+//! from the source in pieces of at most `batch_bytes` and sent event by event as the pieces come
+//! ([`super::group`]), so a dump holds at most one piece plus the largest single event, whatever
+//! the size of the transaction; its end event is sent only after all of it was read.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use quorumsql_wire::event::{check_event, verify_checksum, Checksum, EventType, FormatDescription};
+use quorumsql_wire::event::FormatDescription;
 use quorumsql_wire::packet::encode_packet;
 use quorumsql_wire::response::{EofPacket, ErrPacket};
 use quorumsql_wire::semisync::{encode_dump_event, SemiSyncAck, SEMISYNC_MAGIC};
-use quorumsql_wire::txn::{EventRole, GroupTracker};
 use quorumsql_wire::{Gtid, GtidState, PacketCodec};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -21,9 +23,10 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::error::ServeError;
+use super::group::{GroupError, GroupSplitter};
 use super::server::{Counters, ServeEvent, Shared};
 use super::session::{Conn, UserVars};
-use super::source::{SourceError, Txn, TxnSource};
+use super::source::{SourceError, Txn, TxnPiece, TxnReader, TxnSource};
 use super::start::{decide_start, Refusal, RefusalReason, StartDecision};
 use super::vbinlog::{normalize_fd, VirtualBinlog};
 
@@ -369,11 +372,15 @@ impl Streamer {
             return Ok(Outcome::Refused);
         }
         // Peek at the first transactions for the origin's FD before opening the file.
+        let mut reader: Option<Box<dyn TxnReader>> = None;
         let mut batch = match &decision {
-            StartDecision::Stream { after } => match self.read(*after).await {
-                Ok(b) => b,
-                Err(o) => return Ok(o),
-            },
+            StartDecision::Stream { after } => {
+                reader = Some(self.source().reader(*after));
+                match self.read(&mut reader).await {
+                    Ok(b) => b,
+                    Err(o) => return Ok(o),
+                }
+            }
             _ => Vec::new(),
         };
         let mut fd_cache = match self.fd_for(batch.first().and_then(|t| t.origin_fd.clone()), None)
@@ -413,7 +420,8 @@ impl Streamer {
             match &decision {
                 StartDecision::Refuse(r) => return self.refuse(r.clone()).await,
                 StartDecision::Stream { after } => {
-                    batch = match self.read(*after).await {
+                    reader = Some(self.source().reader(*after));
+                    batch = match self.read(&mut reader).await {
                         Ok(b) => b,
                         Err(o) => return Ok(o),
                     }
@@ -421,12 +429,22 @@ impl Streamer {
                 StartDecision::Wait { .. } => {}
             }
         }
-        let StartDecision::Stream { after } = decision else {
+        let StartDecision::Stream { .. } = decision else {
             return Ok(Outcome::Refused);
         };
-        let mut cursor = after;
+        // The transaction being streamed, when the source hands it out in pieces.
+        let mut open: Option<GroupSplitter> = None;
         loop {
             if batch.is_empty() {
+                if let Some(g) = &open {
+                    // The rest of a transaction the source started is always readable.
+                    let e = SourceError::Unavailable(format!(
+                        "the source returned nothing after byte {} of {}",
+                        g.received(),
+                        g.gtid()
+                    ));
+                    return Ok(self.source_failed(e).await);
+                }
                 if self.settings.non_blocking {
                     self.writer.push_raw(
                         &EofPacket {
@@ -440,68 +458,113 @@ impl Streamer {
                 }
                 self.idle_wait(&mut changes, &vb).await?;
             }
-            for txn in batch.drain(..) {
-                // Never skip one: the next transaction of a domain follows the previous exactly.
-                if let Some(prev) = sent_state.get(txn.gtid.domain) {
-                    if txn.gtid.seq != prev.seq + 1 {
-                        let r = Refusal::new(
-                            Some(txn.gtid),
-                            RefusalReason::Gap {
-                                prev,
-                                next: txn.gtid,
-                            },
-                        );
-                        return self.refuse(r).await;
-                    }
-                }
-                let events = match split_group(&txn, self.settings.annotate_rows) {
-                    Ok(e) => e,
-                    Err(detail) => {
-                        return self
-                            .refuse(Refusal::new(
-                                Some(txn.gtid),
-                                RefusalReason::Malformed(txn.gtid, detail),
-                            ))
-                            .await
-                    }
+            for piece in batch.drain(..) {
+                let mut at = StreamAt {
+                    open: &mut open,
+                    sent_state: &mut sent_state,
+                    fd_cache: &mut fd_cache,
+                    vb: &mut vb,
                 };
-                if txn.origin_fd != fd_cache.origin {
-                    fd_cache = match self.fd_for(txn.origin_fd.clone(), Some(txn.gtid)) {
-                        Ok(f) => f,
-                        Err(r) => return self.refuse(r).await,
-                    };
+                if let Some(end) = self.stream_piece(piece, &mut at).await? {
+                    return Ok(end);
                 }
-                let bytes: u64 = events.iter().map(|e| e.len() as u64).sum();
-                if vb.needs_rotation(bytes, &fd_cache.fd) {
-                    for ev in vb.rotate(&sent_state, fd_cache.fd.clone()) {
-                        self.writer.push_event(&ev, false);
-                    }
-                    tracing::info!(conn, file = %vb.file_name(), "serve: rotated to a new virtual binlog file");
-                }
-                let n = events.len();
-                for (i, ev) in events.iter().enumerate() {
-                    let placed = vb.place(ev).map_err(|e| ServeError::Protocol {
-                        conn,
-                        detail: e.to_string(),
-                    })?;
-                    self.writer.push_event(&placed, i + 1 == n);
-                    // A large transaction goes out as it is framed, not buffered whole.
-                    if self.writer.buf.len() >= WRITE_CHUNK {
-                        self.writer.flush().await.map_err(io_err)?;
-                    }
-                }
-                self.writer.flush().await.map_err(io_err)?;
-                sent_state.set(txn.gtid);
-                cursor = Some(txn.gtid);
-                self.last_sent = Some(txn.gtid);
-                Counters::add(&self.shared.counters.txns_sent, 1);
             }
             changes.borrow_and_update();
-            batch = match self.read(cursor).await {
+            batch = match self.read(&mut reader).await {
                 Ok(b) => b,
                 Err(o) => return Ok(o),
             };
         }
+    }
+
+    /// Sends the events `piece` completes. A transaction is checked as it goes (one whole group
+    /// for its GTID, valid CRCs) and its end event goes out last, with its last piece.
+    /// `Some(outcome)` ends the dump.
+    async fn stream_piece(
+        &mut self,
+        piece: TxnPiece,
+        at: &mut StreamAt<'_>,
+    ) -> Result<Option<Outcome>, ServeError> {
+        let conn = self.conn_id;
+        let io_err = |source| ServeError::Io { conn, source };
+        let gtid = piece.gtid;
+        let starts = at.open.is_none();
+        if starts {
+            if piece.offset != 0 {
+                let e = SourceError::Unavailable(format!(
+                    "the source started {gtid} at byte {} instead of 0",
+                    piece.offset
+                ));
+                return Ok(Some(self.source_failed(e).await));
+            }
+            // Never skip one: the next transaction of a domain follows the previous exactly.
+            if let Some(prev) = at.sent_state.get(gtid.domain) {
+                if gtid.seq != prev.seq + 1 {
+                    let r = Refusal::new(Some(gtid), RefusalReason::Gap { prev, next: gtid });
+                    return self.refuse(r).await.map(Some);
+                }
+            }
+        }
+        let splitter = at
+            .open
+            .get_or_insert_with(|| GroupSplitter::new(gtid, self.settings.annotate_rows));
+        if splitter.gtid() != gtid {
+            let e = SourceError::Unavailable(format!(
+                "the source moved to {gtid} after byte {} of {}",
+                splitter.received(),
+                splitter.gtid()
+            ));
+            return Ok(Some(self.source_failed(e).await));
+        }
+        let whole = piece.is_whole();
+        let events = match splitter.push(piece.offset, piece.events, piece.last) {
+            Ok(e) => e,
+            Err(e) => {
+                // Part of a large group may already be with the replica: it stops on 1236 with a
+                // partial group in its relay log that can never complete (it is never applied:
+                // the end event was not sent). Either way this log entry needs an operator.
+                let r = Refusal::new(Some(gtid), RefusalReason::Malformed(gtid, e.to_string()));
+                return self.refuse(r).await.map(Some);
+            }
+        };
+        if starts {
+            if piece.origin_fd != at.fd_cache.origin {
+                *at.fd_cache = match self.fd_for(piece.origin_fd.clone(), Some(gtid)) {
+                    Ok(f) => f,
+                    Err(r) => return self.refuse(r).await.map(Some),
+                };
+            }
+            // The size is known only for a transaction that came whole; one in pieces starts a
+            // new file unless the current one holds no transaction yet, so that it can use the
+            // whole u32 `log_pos` range whatever its size.
+            let size = whole.then(|| events.iter().map(|e| e.bytes.len() as u64).sum());
+            if at.vb.needs_rotation(size, &at.fd_cache.fd) {
+                for ev in at.vb.rotate(at.sent_state, at.fd_cache.fd.clone()) {
+                    self.writer.push_event(&ev, false);
+                }
+                tracing::info!(conn, file = %at.vb.file_name(), "serve: rotated to a new virtual binlog file");
+            }
+        }
+        for ev in &events {
+            let placed = at.vb.place(&ev.bytes).map_err(|e| ServeError::Protocol {
+                conn,
+                detail: e.to_string(),
+            })?;
+            // The end event asks for the semi-sync ACK.
+            self.writer.push_event(&placed, ev.end);
+            // A large transaction goes out as it is framed, not buffered whole.
+            if self.writer.buf.len() >= WRITE_CHUNK {
+                self.writer.flush().await.map_err(io_err)?;
+            }
+        }
+        if piece.last {
+            self.writer.flush().await.map_err(io_err)?;
+            at.sent_state.set(gtid);
+            *at.open = None;
+            self.last_sent = Some(gtid);
+            Counters::add(&self.shared.counters.txns_sent, 1);
+        }
+        Ok(None)
     }
 
     async fn refuse(&mut self, r: Refusal) -> Result<Outcome, ServeError> {
@@ -538,18 +601,33 @@ impl Streamer {
             .map_err(|source| ServeError::Source { conn, source })
     }
 
-    /// Reads the next batch. A source error becomes the end of the dump: compaction past the
-    /// replica is a refusal (rebuild); anything else is retryable.
-    async fn read(&mut self, after: Option<Gtid>) -> Result<Vec<Txn>, Outcome> {
-        let source = self.source();
+    /// Reads the next batch of pieces (at most `batch_bytes`). A source error becomes the end of
+    /// the dump: compaction past the replica is a refusal (rebuild); anything else is retryable.
+    async fn read(
+        &mut self,
+        reader: &mut Option<Box<dyn TxnReader>>,
+    ) -> Result<Vec<TxnPiece>, Outcome> {
+        let Some(mut rd) = reader.take() else {
+            let e = SourceError::Unavailable("the reader was lost by a failed read task".into());
+            return Err(self.source_failed(e).await);
+        };
         let max = self.shared.cfg.batch_bytes;
-        let r = tokio::task::spawn_blocking(move || source.read_after(after, max)).await;
+        let r = tokio::task::spawn_blocking(move || {
+            let r = rd.read(max);
+            (rd, r)
+        })
+        .await;
         let err = match r {
-            Ok(Ok(b)) => return Ok(b),
-            Ok(Err(e)) => e,
+            Ok((rd, Ok(b))) => {
+                *reader = Some(rd);
+                return Ok(b);
+            }
+            Ok((rd, Err(e))) => {
+                *reader = Some(rd);
+                e
+            }
             Err(e) => SourceError::Unavailable(format!("read task failed: {e}")),
         };
-        let conn = self.conn_id;
         if let SourceError::Compacted { after } = err {
             return Err(
                 match self
@@ -561,13 +639,20 @@ impl Streamer {
                 },
             );
         }
+        Err(self.source_failed(err).await)
+    }
+
+    /// Ends the dump on a source failure with a retryable error: the replica reconnects at its
+    /// last complete transaction.
+    async fn source_failed(&mut self, err: SourceError) -> Outcome {
+        let conn = self.conn_id;
         tracing::warn!(conn, error = %err, "serve: source failed; the replica will reconnect");
         let e = ErrPacket::new(
             ER_RETRYABLE,
             format!("quorumsql serve: the log is unavailable ({err}); retry later"),
         );
         let _ = self.writer.send_err(&e).await;
-        Err(Outcome::Error(ServeError::Source { conn, source: err }))
+        Outcome::Error(ServeError::Source { conn, source: err })
     }
 
     /// Waits for the source to change, sending a heartbeat whenever the connection was idle for
@@ -607,70 +692,29 @@ impl Streamer {
     }
 }
 
-/// Splits a transaction into its events and checks it is one whole group whose GTID event names
-/// `txn.gtid`, with valid CRCs. ANNOTATE_ROWS events are dropped unless the replica asked for them.
-pub fn split_group(txn: &Txn, annotate_rows: bool) -> Result<Vec<&[u8]>, String> {
-    let mut rest: &[u8] = &txn.events;
-    let mut out = Vec::new();
-    let mut tracker = GroupTracker::new();
-    let mut ended = false;
-    while !rest.is_empty() {
-        if ended {
-            return Err("events after the end of the group".into());
-        }
-        if rest.len() < 19 {
-            return Err(format!("{} trailing bytes are not an event", rest.len()));
-        }
-        let size = u32::from_le_bytes([rest[9], rest[10], rest[11], rest[12]]) as usize;
-        if size < 19 || size > rest.len() {
-            return Err(format!("event size {size} with {} bytes left", rest.len()));
-        }
-        let (ev, tail) = rest.split_at(size);
-        rest = tail;
-        let h = check_event(ev).map_err(|e| e.to_string())?;
-        verify_checksum(ev).map_err(|e| e.to_string())?;
-        match tracker
-            .classify(ev, Checksum::Crc32)
-            .map_err(|e| e.to_string())?
-        {
-            EventRole::Metadata(t) => {
-                return Err(format!(
-                    "metadata event {:#04x} inside the group",
-                    t.as_u8()
-                ))
-            }
-            EventRole::Begin(_, g) => {
-                if !out.is_empty() {
-                    return Err("GTID event in the middle of the group".into());
-                }
-                if g != txn.gtid {
-                    return Err(format!("its GTID event says {g}"));
-                }
-            }
-            EventRole::Member => {
-                if out.is_empty() {
-                    return Err("the group does not start with a GTID event".into());
-                }
-            }
-            EventRole::End(_) => ended = true,
-        }
-        if h.event_type == EventType::AnnotateRows && !annotate_rows {
-            continue;
-        }
-        out.push(ev);
-    }
-    if !ended {
-        return Err(
-            "the group has no end event (XID, COMMIT or the DDL of a standalone group)".into(),
-        );
-    }
-    Ok(out)
+/// Where a dump stands while it streams: the open transaction and the virtual binlog.
+struct StreamAt<'a> {
+    open: &'a mut Option<GroupSplitter>,
+    sent_state: &'a mut GtidState,
+    fd_cache: &'a mut FdCache,
+    vb: &'a mut VirtualBinlog,
+}
+
+/// Splits a whole transaction into its events and checks it is one whole group whose GTID event
+/// names `txn.gtid`, with valid CRCs. ANNOTATE_ROWS events are dropped unless the replica asked
+/// for them.
+pub fn split_group(txn: &Txn, annotate_rows: bool) -> Result<Vec<Bytes>, GroupError> {
+    let mut s = GroupSplitter::new(txn.gtid, annotate_rows);
+    Ok(s.push(0, txn.events.clone(), true)?
+        .into_iter()
+        .map(|e| e.bytes)
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quorumsql_wire::event::{build_event, GtidEvent};
+    use quorumsql_wire::event::{build_event, check_event, Checksum, EventType, GtidEvent};
 
     fn group(seq: u64) -> Bytes {
         let mut b = BytesMut::new();
@@ -721,6 +765,7 @@ mod tests {
         assert!(split_group(&partial, true).is_err());
         assert!(split_group(&txn(6, g.clone()), true)
             .unwrap_err()
+            .to_string()
             .contains("0-1-5"));
         let mut bad = BytesMut::from(&g[..]);
         bad[gtid_len + 20] ^= 1;

@@ -3,7 +3,9 @@
 //! accepted, in a virtual binlog of its own, to a MariaDB replica in GTID mode with semi-sync
 //! framing; a replica whose position does not match the log exactly gets error 1236.
 //!
-//! * [`source`]: what is streamed ([`TxnSource`]; [`MemTxnSource`] for tests).
+//! * [`source`]: what is streamed ([`TxnSource`], read in pieces by a [`TxnReader`];
+//!   [`MemTxnSource`] for tests).
+//! * [`group`]: cuts a transaction arriving in pieces into whole events, checking the group.
 //! * [`start`]: where a dump starts, or why it is refused.
 //! * [`vbinlog`]: the virtual binlog's file names and offsets.
 //! * [`query`]: the replica's set-up statements.
@@ -14,6 +16,7 @@
 pub mod binlog_file;
 pub mod dump;
 pub mod error;
+pub mod group;
 pub mod query;
 pub mod server;
 pub mod session;
@@ -23,5 +26,7 @@ pub mod vbinlog;
 
 pub use error::ServeError;
 pub use server::{Serve, ServeConfig, ServeEvent, ServeHandle, ServeMetrics};
-pub use source::{MemTxnSource, SourceError, Standing, Txn, TxnSource};
+pub use source::{
+    MemTxnReader, MemTxnSource, SourceError, Standing, Txn, TxnPiece, TxnReader, TxnSource,
+};
 pub use start::{Refusal, RefusalKind, RefusalReason};

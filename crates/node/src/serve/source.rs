@@ -1,7 +1,9 @@
 //! What serve streams from: an ordered source of whole, committed, accepted transactions (the
-//! global binlog in production; [`MemTxnSource`] in tests).
+//! global binlog in production; [`MemTxnSource`] in tests), read in pieces so that a transaction
+//! larger than serve's read size is never held whole (issue #2).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -29,6 +31,28 @@ impl Txn {
 
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
+    }
+}
+
+/// A run of one transaction's event bytes. Pieces of a transaction come in order and without
+/// gaps; event boundaries need not fall on piece boundaries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnPiece {
+    pub gtid: Gtid,
+    /// Where `events` starts within the transaction's events.
+    pub offset: u64,
+    pub events: Bytes,
+    /// This piece ends the transaction.
+    pub last: bool,
+    /// The transaction's origin FORMAT_DESCRIPTION body (see [`Txn::origin_fd`]); the same on
+    /// every piece of a transaction.
+    pub origin_fd: Option<Bytes>,
+}
+
+impl TxnPiece {
+    /// The piece holds the whole transaction.
+    pub fn is_whole(&self) -> bool {
+        self.offset == 0 && self.last
     }
 }
 
@@ -77,20 +101,32 @@ pub trait TxnSource: Send + Sync + 'static {
     /// with an empty GTID state can be served from the beginning.
     fn holds_full_history(&self) -> Result<bool, SourceError>;
 
-    /// Transactions strictly after `after` (from the first retained one if `None`), in source
-    /// order. Returns at least one transaction when any is readable, and stops once the total of
-    /// `Txn::len()` reaches `max_bytes`. An empty vector means "nothing more yet".
-    fn read_after(&self, after: Option<Gtid>, max_bytes: usize) -> Result<Vec<Txn>, SourceError>;
+    /// A reader of the transactions strictly after `after` (from the first retained one if
+    /// `None`). Cheap: errors about `after` come from the reader's first read.
+    fn reader(&self, after: Option<Gtid>) -> Box<dyn TxnReader>;
 
     /// A watch whose value changes whenever `read_after` may return more or `locate` may answer
     /// differently. serve subscribes before reading, so no change is missed.
     fn changes(&self) -> watch::Receiver<u64>;
 }
 
+/// Reads one stream of transactions in pieces; it keeps its own position.
+///
+/// Synchronous and may do disk I/O; serve calls it from a blocking thread.
+pub trait TxnReader: Send + 'static {
+    /// The next pieces in source order, at most `max_bytes` (at least 1) of events in total, and
+    /// at least one piece when anything is readable; the reader moves past them. A transaction
+    /// of at most `max_bytes` comes whole; a larger one in pieces. An empty vector means
+    /// "nothing more yet" and never happens in the middle of a transaction (the rest of a
+    /// transaction that was started is always readable). `Compacted` means the reader's
+    /// position is no longer retained.
+    fn read(&mut self, max_bytes: usize) -> Result<Vec<TxnPiece>, SourceError>;
+}
+
 /// In-memory [`TxnSource`] for tests: transactions are pushed in order; `compact_through` drops
 /// the oldest ones.
 pub struct MemTxnSource {
-    inner: Mutex<MemInner>,
+    inner: Arc<Mutex<MemInner>>,
     notify: watch::Sender<u64>,
 }
 
@@ -118,7 +154,7 @@ impl Default for MemTxnSource {
 impl MemTxnSource {
     pub fn new() -> Self {
         MemTxnSource {
-            inner: Mutex::new(MemInner::default()),
+            inner: Arc::new(Mutex::new(MemInner::default())),
             notify: watch::channel(0).0,
         }
     }
@@ -168,6 +204,10 @@ impl MemTxnSource {
         let v = g.version;
         drop(g);
         self.notify.send_replace(v);
+    }
+
+    fn inner_arc(&self) -> Arc<Mutex<MemInner>> {
+        self.inner.clone()
     }
 
     /// The last transaction held, if any.
@@ -225,36 +265,150 @@ impl TxnSource for MemTxnSource {
         Ok(self.inner.lock().first == 0)
     }
 
-    fn read_after(&self, after: Option<Gtid>, max_bytes: usize) -> Result<Vec<Txn>, SourceError> {
-        let g = self.inner.lock();
-        let start = match after {
-            None => g.first,
-            Some(a) => match g.by_domain.get(&a.domain).and_then(|d| d.get(&a.seq)) {
-                Some(&pos) if g.txns[pos].gtid == a => pos + 1,
-                _ if g.compacted_through.get(&a.domain) == Some(&a) => g.first,
-                _ if g
-                    .compacted_through
-                    .get(&a.domain)
-                    .is_some_and(|c| a.seq <= c.seq) =>
-                {
-                    return Err(SourceError::Compacted { after: a })
-                }
-                _ => return Err(SourceError::UnknownCursor(a)),
-            },
-        };
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        for t in g.txns.iter().skip(start) {
-            if !out.is_empty() && bytes >= max_bytes {
-                break;
-            }
-            bytes += t.len();
-            out.push(t.clone());
-        }
-        Ok(out)
+    fn reader(&self, after: Option<Gtid>) -> Box<dyn TxnReader> {
+        Box::new(MemTxnReader {
+            inner: self.inner_arc(),
+            after,
+            within: None,
+        })
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.notify.subscribe()
+    }
+}
+
+/// [`TxnReader`] of a [`MemTxnSource`]: cuts its whole in-memory transactions into pieces with the
+/// rules of the global binlog's reader, so serve's piece handling is tested without a log.
+pub struct MemTxnReader {
+    inner: Arc<Mutex<MemInner>>,
+    /// The last transaction read whole.
+    after: Option<Gtid>,
+    /// The transaction being read and how many of its bytes were read.
+    within: Option<(Gtid, usize)>,
+}
+
+impl MemTxnReader {
+    /// Position in `txns` of the transaction the next piece comes from, and the byte in it.
+    fn position(&self, g: &MemInner) -> Result<(usize, usize), SourceError> {
+        let find = |a: Gtid| match g.by_domain.get(&a.domain).and_then(|d| d.get(&a.seq)) {
+            Some(&pos) if g.txns[pos].gtid == a => Ok(Some(pos)),
+            _ if g.compacted_through.get(&a.domain) == Some(&a) => Ok(None),
+            _ if g
+                .compacted_through
+                .get(&a.domain)
+                .is_some_and(|c| a.seq <= c.seq) =>
+            {
+                Err(SourceError::Compacted { after: a })
+            }
+            _ => Err(SourceError::UnknownCursor(a)),
+        };
+        match (self.within, self.after) {
+            (Some((w, byte)), _) => match find(w)? {
+                Some(pos) => Ok((pos, byte)),
+                None => Err(SourceError::Compacted { after: w }),
+            },
+            (None, None) => Ok((g.first, 0)),
+            (None, Some(a)) => Ok((find(a)?.map_or(g.first, |p| p + 1), 0)),
+        }
+    }
+}
+
+impl TxnReader for MemTxnReader {
+    fn read(&mut self, max_bytes: usize) -> Result<Vec<TxnPiece>, SourceError> {
+        let g = self.inner.lock();
+        let (start, mut byte) = self.position(&g)?;
+        let max = max_bytes.max(1);
+        let mut used = 0usize;
+        let mut out = Vec::new();
+        for t in g.txns.iter().skip(start) {
+            let left = max - used;
+            // As the log: a transaction that does not fit starts only a call of its own.
+            if left == 0 || (!out.is_empty() && t.len() > left) {
+                break;
+            }
+            let take = (t.len() - byte).min(left);
+            let last = byte + take == t.len();
+            out.push(TxnPiece {
+                gtid: t.gtid,
+                offset: byte as u64,
+                events: t.events.slice(byte..byte + take),
+                last,
+                origin_fd: t.origin_fd.clone(),
+            });
+            used += take;
+            if last {
+                self.after = Some(t.gtid);
+                self.within = None;
+                byte = 0;
+            } else {
+                self.within = Some((t.gtid, byte + take));
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn txn(seq: u64, len: usize) -> Txn {
+        Txn {
+            gtid: Gtid::new(0, 1, seq),
+            events: Bytes::from((0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>()),
+            origin_fd: None,
+        }
+    }
+
+    #[test]
+    fn the_in_memory_reader_cuts_only_transactions_larger_than_a_read() {
+        let src = MemTxnSource::from_txns([txn(1, 3), txn(2, 25), txn(3, 4), txn(4, 4)]);
+        let mut r = src.reader(None);
+        let mut calls = Vec::new();
+        loop {
+            let got = r.read(10).unwrap();
+            if got.is_empty() {
+                break;
+            }
+            assert!(got.iter().map(|p| p.events.len()).sum::<usize>() <= 10);
+            calls.push(
+                got.iter()
+                    .map(|p| (p.gtid.seq, p.offset, p.events.len(), p.last))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        assert_eq!(
+            calls,
+            vec![
+                // Seq 2 does not fit after seq 1: it starts the next call.
+                vec![(1, 0, 3, true)],
+                vec![(2, 0, 10, false)],
+                vec![(2, 10, 10, false)],
+                vec![(2, 20, 5, true), (3, 0, 4, true)],
+                vec![(4, 0, 4, true)],
+            ]
+        );
+        // Pieces reassemble to the transaction.
+        let mut r = src.reader(Some(Gtid::new(0, 1, 1)));
+        let mut bytes = Vec::new();
+        while let Some(p) = r.read(7).unwrap().into_iter().find(|p| p.gtid.seq == 2) {
+            bytes.extend_from_slice(&p.events);
+            if p.last {
+                break;
+            }
+        }
+        assert_eq!(bytes, txn(2, 25).events);
+        // A reader inside a transaction that gets compacted learns it from its next read.
+        let mut r = src.reader(Some(Gtid::new(0, 1, 1)));
+        r.read(10).unwrap();
+        src.compact_through(Gtid::new(0, 1, 2));
+        assert_eq!(
+            r.read(10),
+            Err(SourceError::Compacted {
+                after: Gtid::new(0, 1, 2)
+            })
+        );
     }
 }

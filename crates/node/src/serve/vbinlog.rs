@@ -116,13 +116,15 @@ impl VirtualBinlog {
         vec![rotate, fd, gl]
     }
 
-    /// Whether a transaction of `bytes` bytes from an origin with FD `fd` must start a new file.
-    pub fn needs_rotation(&self, bytes: u64, fd: &FormatDescription) -> bool {
+    /// Whether a transaction of `bytes` bytes (`None`: not known yet, it is streamed in pieces)
+    /// from an origin with FD `fd` must start a new file.
+    pub fn needs_rotation(&self, bytes: Option<u64>, fd: &FormatDescription) -> bool {
         if fd.raw != self.fd.raw {
             return true;
         }
-        // A transaction larger than a whole file still goes into a file of its own.
-        !self.fresh && self.offset + bytes + ROTATE_RESERVE > self.rotate_at
+        // A transaction larger than a whole file still goes into a file of its own; one of
+        // unknown size too, so that the whole u32 `log_pos` range is left for it.
+        !self.fresh && bytes.is_none_or(|b| self.offset + b + ROTATE_RESERVE > self.rotate_at)
     }
 
     /// Closes the current file with a real ROTATE and opens the next one (with `fd`, at `state`).
@@ -258,18 +260,21 @@ mod tests {
         v.open_file(&state);
         let fd = v.fd().clone();
         assert!(
-            !v.needs_rotation(100_000, &fd),
+            !v.needs_rotation(Some(100_000), &fd),
             "a fresh file takes any transaction"
         );
+        assert!(!v.needs_rotation(None, &fd));
         let ev = vec![0u8; 5000];
         let mut ev = ev;
         ev[9..13].copy_from_slice(&5000u32.to_le_bytes());
         v.place(&ev).unwrap();
-        assert!(v.needs_rotation(5000, &fd));
-        assert!(!v.needs_rotation(100, &fd));
+        assert!(v.needs_rotation(Some(5000), &fd));
+        assert!(!v.needs_rotation(Some(100), &fd));
         let mut other = fd.clone();
         other.raw[2] = b'X';
-        assert!(v.needs_rotation(100, &other));
+        assert!(v.needs_rotation(Some(100), &other));
+        // A transaction of unknown size (streamed in pieces) gets a file of its own.
+        assert!(v.needs_rotation(None, &fd));
         let evs = v.rotate(&state, fd);
         let h = check_event(&evs[0]).unwrap();
         assert_eq!(h.event_type, EventType::Rotate);
