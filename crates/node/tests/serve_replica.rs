@@ -5,13 +5,22 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quorumsql_node::serve::binlog_file::read_binlog_index;
+use bytes::Bytes;
+use quorumsql_log::runtime::{handshake_params, LogHandle, LogRuntime, RuntimeConfig};
+use quorumsql_log::{
+    Command as LogCommand, Epoch, LogConfig, NodeId, Outcome as LogOutcome, RaftEngineStore,
+    TxnChunk,
+};
+use quorumsql_node::log_adapters::LogTxnSource;
+use quorumsql_node::serve::binlog_file::{read_binlog_index, FileTxn};
 use quorumsql_node::serve::{
     MemTxnSource, RefusalReason, Serve, ServeConfig, ServeEvent, ServeHandle,
 };
+use quorumsql_peer::{ClusterSecret, PeerConfig, PeerNet};
 use quorumsql_wire::Gtid;
 
 const SERVE_SERVER_ID: u32 = 900;
@@ -585,4 +594,279 @@ fn demoted_master_gets_its_own_truncated_transaction_back() {
     assert_eq!(a.slave_field("Last_IO_Errno"), "0");
     assert_eq!(a.slave_field("Last_SQL_Errno"), "0");
     rt.block_on(serve.shutdown());
+}
+
+/// A single-node global binlog on raft-engine in `dir`, with a small entry cap so that a large
+/// transaction travels as many chunks; returns its handle once this node is master.
+async fn start_log(dir: &std::path::Path, entry_cap: usize) -> LogHandle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut log = LogConfig::new(NodeId(1), vec![NodeId(1)]);
+    log.tick_interval = Duration::from_millis(20);
+    log.lease_margin = Duration::from_millis(40);
+    log.entry_cap = entry_cap;
+    let mut pc = PeerConfig::new(
+        NodeId(1),
+        addr,
+        [(NodeId(1), addr)].into_iter().collect(),
+        ClusterSecret::random(),
+    );
+    pc.handshake_params = handshake_params(&log);
+    let (net, inbound) = PeerNet::start_on(pc, listener).unwrap();
+    let store = RaftEngineStore::open(dir).unwrap();
+    let handle = LogRuntime::start(RuntimeConfig::new(log), store, net, inbound)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = handle.status();
+        let ready = LogCommand::MasterReady {
+            node: st.id,
+            epoch: Epoch(st.term),
+            gtid: st.last_gtid,
+        };
+        match handle.propose(ready).await {
+            Ok(p) if p.outcome == LogOutcome::Accepted => return handle,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the single-node log did not become master: {other:?}, {:?}",
+                    handle.status().role
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Appends `txns` to the log, each cut into chunks of `chunk` bytes wherever the cut falls
+/// (inside events), one Append per chunk as capture sends a large transaction.
+async fn append_chunked(log: &LogHandle, txns: &[FileTxn], chunk: usize) -> usize {
+    let epoch = log.status().master.map(|(_, e)| e).unwrap();
+    let mut chunked = 0;
+    for t in txns {
+        let events = &t.txn.events;
+        let parts: Vec<Bytes> = (0..events.len())
+            .step_by(chunk)
+            .map(|i| events.slice(i..(i + chunk).min(events.len())))
+            .collect();
+        if parts.len() > 1 {
+            chunked += 1;
+        }
+        let digest = quorumsql_log::digest_of(events);
+        for (i, p) in parts.iter().enumerate() {
+            let cmd = LogCommand::Append {
+                epoch,
+                prev_gtid: log.status().last_gtid,
+                txns: vec![TxnChunk {
+                    gtid: t.txn.gtid,
+                    origin: t.end.clone(),
+                    digest,
+                    chunk: i as u32,
+                    last: i + 1 == parts.len(),
+                    events: p.clone(),
+                }],
+            };
+            let r = log.propose(cmd).await.unwrap();
+            assert_eq!(
+                r.outcome,
+                LogOutcome::Accepted,
+                "chunk {i} of {}",
+                t.txn.gtid
+            );
+        }
+    }
+    chunked
+}
+
+/// Forwards replica ↔ serve. A connection accepted while `cut_next` is non-zero is cut once that
+/// many bytes came from serve (`cut_next` goes back to 0); `cuts` counts the cuts.
+async fn cutting_proxy(
+    listener: tokio::net::TcpListener,
+    serve: std::net::SocketAddr,
+    cut_next: Arc<AtomicU64>,
+    cuts: Arc<AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    while let Ok((client, _)) = listener.accept().await {
+        let Ok(upstream) = tokio::net::TcpStream::connect(serve).await else {
+            continue;
+        };
+        let limit = match cut_next.swap(0, Ordering::SeqCst) {
+            0 => None,
+            n => Some(n as usize),
+        };
+        let cuts = cuts.clone();
+        tokio::spawn(async move {
+            let (mut cr, mut cw) = client.into_split();
+            let (mut ur, mut uw) = upstream.into_split();
+            let up = tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut cr, &mut uw).await;
+            });
+            let mut sent = 0usize;
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = match ur.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if let Some(l) = limit {
+                    if sent + n >= l {
+                        let _ = cw.write_all(&buf[..l - sent]).await;
+                        cuts.fetch_add(1, Ordering::SeqCst);
+                        break;
+                    }
+                }
+                if cw.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+                sent += n;
+            }
+            // Dropping every half closes both connections.
+            up.abort();
+        });
+    }
+}
+
+/// The replica's own account of its reconnects in the middle of a transaction: "GTID event skip
+/// N" with N > 0 (events of the partial group it already queued), and how many of those it rolled
+/// back because the virtual file name changed instead of skipping.
+fn mid_group_reconnects(c: &Mariadb) -> (usize, usize) {
+    let log = c.error_log();
+    let skips = log
+        .lines()
+        .filter_map(|l| l.split("GTID event skip ").nth(1))
+        .filter(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
+        .count();
+    let rollbacks = log
+        .matches("assuming that master has crashed and rolling back the transaction")
+        .count();
+    (skips, rollbacks)
+}
+
+/// A big transaction for `big.t`: ~9.6 MiB of 64 KiB row events and one 3 MiB row event.
+fn big_txn(first_id: u32) -> String {
+    let mut big = String::from("BEGIN;");
+    for i in first_id..first_id + 150 {
+        big.push_str(&format!(
+            "INSERT INTO big.t VALUES ({i}, REPEAT(SHA2('{i}',256), 1000));"
+        ));
+    }
+    big.push_str(&format!(
+        "INSERT INTO big.t VALUES ({}, REPEAT(SHA2('huge',256), 48000)); COMMIT",
+        first_id + 1000
+    ));
+    big
+}
+
+/// Issue #2: a transaction much larger than the entry cap travels as many chunks through a real
+/// log, serve streams it to a real replica in pieces far smaller than its events (a 3 MiB row
+/// event spans dozens of pieces), the replica's connection is cut in the middle of it and the
+/// replica reconnects at its previous GTID: its data ends equal to the primary's.
+#[test]
+fn a_chunked_transaction_streams_from_the_log_in_pieces_across_a_reconnect() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut a = Mariadb::install("A3", 1);
+    let mut c = Mariadb::install("C3", 3);
+    a.start(&[]);
+    c.start(&[
+        "--rpl-semi-sync-slave-enabled=ON",
+        "--log-slave-updates=ON",
+        "--slave-parallel-threads=4",
+    ]);
+    a.must("CREATE DATABASE big");
+    a.must("CREATE TABLE big.t (id INT PRIMARY KEY, b LONGBLOB) ENGINE=InnoDB");
+    a.must("INSERT INTO big.t VALUES (0, 'small')");
+    a.must(&big_txn(1));
+    a.must("UPDATE big.t SET b='after' WHERE id=0");
+
+    let files = read_binlog_index(&a.binlog_index(), 256 << 20).unwrap();
+    let txns: Vec<FileTxn> = files.into_iter().flat_map(|f| f.txns).collect();
+    let largest = txns.iter().map(|t| t.txn.events.len()).max().unwrap();
+    assert!(largest > 12 << 20, "the big transaction is {largest} bytes");
+
+    let log_dir = tempfile::tempdir().unwrap();
+    // Cut the first dump after 4 MiB: well inside the 12.6 MiB transaction.
+    let cut_next = Arc::new(AtomicU64::new(4 << 20));
+    let cuts = Arc::new(AtomicU64::new(0));
+    let (log, serve, proxy_port) = rt.block_on(async {
+        let log = start_log(log_dir.path(), 256 << 10).await;
+        // Chunks of 200 000 bytes: boundaries fall inside events.
+        let chunked = append_chunked(&log, &txns, 200_000).await;
+        assert_eq!(chunked, 1);
+        let source = Arc::new(LogTxnSource::new(
+            log.clone(),
+            tokio::runtime::Handle::current(),
+        ));
+        let mut cfg = ServeConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            SERVE_SERVER_ID,
+            REPL_USER,
+            REPL_PASSWORD,
+        );
+        cfg.heartbeat = Duration::from_secs(1);
+        // Pieces of 100 000 bytes: a 64 KiB row event often straddles two, the 3 MiB one ~30.
+        cfg.batch_bytes = 100_000;
+        let serve = Serve::start(cfg, source).await.unwrap();
+        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_port = proxy.local_addr().unwrap().port();
+        tokio::spawn(cutting_proxy(
+            proxy,
+            serve.local_addr(),
+            cut_next.clone(),
+            cuts.clone(),
+        ));
+        (log, serve, proxy_port)
+    });
+    assert_eq!(
+        log.status().last_gtid.map(|g| g.to_string()),
+        Some(a.var("@@gtid_binlog_pos"))
+    );
+
+    // 1. From the start: the big transaction lands in the second virtual file; after the cut
+    // the replica reconnects at 0-1-3, where it is the first one of file 000001, so the replica
+    // sees another file name and rolls its partial copy back.
+    c.replicate_from(proxy_port);
+    wait_caught_up(&a, &c);
+    assert_same_tables(&a, &c);
+    assert_eq!(cuts.load(Ordering::SeqCst), 1, "the first dump was cut");
+    assert_eq!(mid_group_reconnects(&c), (1, 1), "{}", c.error_log());
+    assert!(serve.metrics().dumps_started >= 2, "{:?}", serve.metrics());
+
+    // 2. From 0-1-5 with a second big transaction: the same file name after the cut, so the
+    // replica skips the events it already queued and relies on serve re-sending the very same
+    // events in the same order.
+    c.must("STOP SLAVE");
+    a.must(&big_txn(2001));
+    let files = read_binlog_index(&a.binlog_index(), 256 << 20).unwrap();
+    let last = log.status().last_gtid;
+    let new: Vec<FileTxn> = files
+        .into_iter()
+        .flat_map(|f| f.txns)
+        .skip_while(|t| Some(t.txn.gtid) != last)
+        .skip(1)
+        .collect();
+    assert_eq!(new.len(), 1);
+    rt.block_on(append_chunked(&log, &new, 200_000));
+    cut_next.store(5 << 20, Ordering::SeqCst);
+    c.must("START SLAVE");
+    wait_caught_up(&a, &c);
+    assert_same_tables(&a, &c);
+    assert_eq!(cuts.load(Ordering::SeqCst), 2, "the second dump was cut");
+    assert_eq!(mid_group_reconnects(&c), (2, 1), "{}", c.error_log());
+    assert_eq!(c.slave_field("Last_SQL_Errno"), "0");
+    assert_eq!(
+        c.var("@@gtid_binlog_pos"),
+        a.var("@@gtid_binlog_pos"),
+        "log_slave_updates keeps GTIDs"
+    );
+
+    rt.block_on(async {
+        serve.shutdown().await;
+        log.shutdown().await;
+    });
 }

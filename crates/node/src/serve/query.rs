@@ -58,6 +58,14 @@ pub fn parse(sql: &str) -> Option<Query> {
                 value,
             });
         }
+        // The IO thread's reconnect after a network error (`mysql_reconnect`) re-applies the
+        // connection charset with `SET NAMES`; a refusal makes every reconnect fail, with an
+        // empty error message. The dump stream is binary: the charset does not matter.
+        if strip_prefix_ci(rest, "NAMES ").is_some()
+            || strip_prefix_ci(rest, "CHARACTER SET ").is_some()
+        {
+            return Some(Query::SetSession);
+        }
         let (name, _) = rest.split_once('=')?;
         let name = name.trim().to_ascii_lowercase();
         let name = name.strip_prefix("session ").unwrap_or(&name).trim();
@@ -191,6 +199,11 @@ mod tests {
         assert_eq!(
             parse("SELECT @master_binlog_checksum"),
             Some(Query::SelectUserVar("master_binlog_checksum".into()))
+        );
+        assert_eq!(parse("SET NAMES latin1"), Some(Query::SetSession));
+        assert_eq!(
+            parse("set names utf8mb4 COLLATE utf8mb4_general_ci"),
+            Some(Query::SetSession)
         );
         assert_eq!(
             parse("SET @mariadb_slave_capability=4"),
