@@ -596,3 +596,130 @@ async fn connections_beyond_the_limit_get_error_1040() {
     assert_eq!(h.metrics().connections_open, 1);
     h.shutdown().await;
 }
+
+/// A transaction of `members` ANNOTATE_ROWS events of `len` bytes each between its GTID and XID.
+fn big_txn(seq: u64, members: usize, len: usize) -> (Txn, Vec<Bytes>) {
+    let mut events = vec![GtidEvent::new(0, seq, 0x0c).build_event(1, 1, 1000, 8)];
+    for i in 0..members {
+        let body: Vec<u8> = (0..len).map(|j| (i * 7 + j) as u8).collect();
+        events.push(build_event(
+            EventType::AnnotateRows,
+            1,
+            1,
+            2000,
+            0,
+            &body,
+            Checksum::Crc32,
+        ));
+    }
+    events.push(build_event(
+        EventType::Xid,
+        1,
+        1,
+        3000,
+        0,
+        &seq.to_le_bytes(),
+        Checksum::Crc32,
+    ));
+    let mut all = BytesMut::new();
+    for e in &events {
+        all.extend_from_slice(e);
+    }
+    let txn = Txn {
+        gtid: Gtid::new(0, 1, seq),
+        events: all.freeze(),
+        origin_fd: None,
+    };
+    (txn, events)
+}
+
+/// Issue #2: with reads of 333 bytes, a 40 kB transaction comes in ~120 pieces and every event
+/// straddles pieces; the replica still gets each event whole, in order, with contiguous
+/// positions, the ACK request only on the XID, and the next transaction after it.
+#[tokio::test]
+async fn a_transaction_larger_than_a_read_streams_event_by_event() {
+    let (big, events) = big_txn(2, 40, 1000);
+    let src = Arc::new(MemTxnSource::from_txns([txn(1, 1, 10), big, txn(1, 3, 10)]));
+    let h = serve(src, |c| c.batch_bytes = 333).await;
+    let (mut c, _) = connect(&h, "repl", "pw").await.unwrap();
+    start_dump(&mut c, "0-1-1", true).await;
+    let mut got = Vec::new();
+    let mut offset = 4u64;
+    loop {
+        let Item::Event { ack, ev, .. } = next(&mut c, true).await else {
+            panic!("error instead of an event")
+        };
+        verify_checksum(&ev).unwrap();
+        let hd = check_event(&ev).unwrap();
+        if hd.event_type == EventType::Heartbeat {
+            continue;
+        }
+        if hd.event_type != EventType::Rotate {
+            offset += ev.len() as u64;
+            assert_eq!(u64::from(hd.log_pos), offset, "contiguous log_pos");
+        }
+        let is_meta = matches!(
+            hd.event_type,
+            EventType::Rotate | EventType::FormatDescription | EventType::GtidList
+        );
+        if !is_meta {
+            assert_eq!(ack, hd.event_type == EventType::Xid, "ACK only at the end");
+            got.push(ev);
+        }
+        if got.len() == events.len() {
+            break;
+        }
+    }
+    // The same events as the origin wrote, but for log_pos and CRC.
+    for (i, (g, e)) in got.iter().zip(&events).enumerate() {
+        assert_eq!(g.len(), e.len(), "event {i}");
+        assert_eq!(g[..13], e[..13], "event {i} header");
+        assert_eq!(
+            g[17..g.len() - 4],
+            e[17..e.len() - 4],
+            "event {i} flags and body"
+        );
+    }
+    assert_eq!(next_gtid(&mut c, true).await.unwrap(), Gtid::new(0, 1, 3));
+    h.shutdown().await;
+}
+
+/// A corrupt event in the middle of a transaction that is streamed in pieces: the events before
+/// it may be sent, but never the end event; the replica gets 1236.
+#[tokio::test]
+async fn a_corrupt_event_inside_a_streamed_transaction_is_refused_before_its_end() {
+    let (big, events) = big_txn(2, 40, 1000);
+    let mut bad = BytesMut::from(&big.events[..]);
+    let at: usize = events[..30].iter().map(|e| e.len()).sum::<usize>() + 100;
+    bad[at] ^= 0xff;
+    let bad = Txn {
+        events: bad.freeze(),
+        ..big
+    };
+    let src = Arc::new(MemTxnSource::from_txns([txn(1, 1, 10), bad]));
+    let h = serve(src, |c| c.batch_bytes = 5000).await;
+    let (mut c, _) = connect(&h, "repl", "pw").await.unwrap();
+    start_dump(&mut c, "0-1-1", true).await;
+    let mut members = 0;
+    let err = loop {
+        match next(&mut c, true).await {
+            Item::Err(e) => break e,
+            Item::Event { ev, .. } => {
+                let t = etype(&ev);
+                assert_ne!(t, EventType::Xid, "the end event is never sent");
+                if t == EventType::AnnotateRows {
+                    members += 1;
+                }
+            }
+        }
+    };
+    assert_eq!(err.code, 1236);
+    assert!(err.message.contains("0-1-2"), "{}", err.message);
+    // Events went out before the whole transaction was read (it is not buffered whole), and
+    // none from the corrupt one on.
+    assert!(
+        (1..30).contains(&members),
+        "only events before the corrupt one: {members}"
+    );
+    h.shutdown().await;
+}

@@ -197,6 +197,8 @@ impl LogHandle {
 
     /// Whole accepted transactions after `after` (from the oldest retained one if `None`), up to
     /// about `max_bytes` of events (at least one transaction if any). Read on the runtime thread.
+    /// A transaction is returned whole whatever its size: readers that must bound their memory
+    /// (serve) use [`LogHandle::read_pieces`].
     pub async fn read_txns_after(
         &self,
         after: Option<Gtid>,

@@ -508,9 +508,12 @@ impl Streamer {
         let splitter = at
             .open
             .get_or_insert_with(|| GroupSplitter::new(gtid, self.settings.annotate_rows));
-        if splitter.gtid() != gtid {
+        // A source that breaks its order is retried (reconnect), never refused with 1236: the
+        // log itself may be fine.
+        if splitter.gtid() != gtid || splitter.received() != piece.offset {
             let e = SourceError::Unavailable(format!(
-                "the source moved to {gtid} after byte {} of {}",
+                "the source sent byte {} of {gtid} after byte {} of {}",
+                piece.offset,
                 splitter.received(),
                 splitter.gtid()
             ));
