@@ -1,7 +1,9 @@
 //! serve: the fake replication master the local mariadbd replicates from while this node is a
 //! replica (DESIGN §1). It streams whole transactions that the global binlog committed and
 //! accepted, in a virtual binlog of its own, to a MariaDB replica in GTID mode with semi-sync
-//! framing; a replica whose position does not match the log exactly gets error 1236.
+//! framing; a replica whose position does not match the log exactly gets error 1236. A large
+//! transaction is read and sent in pieces (memory: one read plus the largest event), its end
+//! event last.
 //!
 //! * [`source`]: what is streamed ([`TxnSource`], read in pieces by a [`TxnReader`];
 //!   [`MemTxnSource`] for tests).

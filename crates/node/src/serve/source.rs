@@ -84,15 +84,17 @@ pub enum SourceError {
 }
 
 /// An ordered source of whole transactions that are committed and accepted. Implementations must
-/// never return a transaction that could still be rolled back or rejected, and never a partial one.
+/// never return any piece of a transaction that could still be rolled back or rejected, that is,
+/// of one whose every byte is not committed and accepted (a chunked transaction whose last chunk
+/// is not applied yet is invisible).
 ///
 /// Methods are synchronous and may do disk I/O; serve calls them from a blocking thread.
 ///
-/// For the global binlog: `read_after` returns accepted transactions at or below the commit index
-/// only (design-review 16); `locate` answers `Ahead` only for a seq beyond the last accepted one
-/// of that domain; after compaction, the newest compacted transaction should still answer
-/// `Exact` (keep its GTID) and `read_after(Some(it))` should start at the first retained one, so a
-/// replica that is exactly at the compaction point is not refused.
+/// For the global binlog: readers return accepted transactions at or below the commit index only
+/// (design-review 16); `locate` answers `Ahead` only for a seq beyond the last accepted one of
+/// that domain; after compaction, the newest compacted transaction should still answer `Exact`
+/// (keep its GTID) and `reader(Some(it))` should start at the first retained one, so a replica
+/// that is exactly at the compaction point is not refused.
 pub trait TxnSource: Send + Sync + 'static {
     /// Where `gtid` stands (see [`Standing`]).
     fn locate(&self, gtid: Gtid) -> Result<Standing, SourceError>;
@@ -105,7 +107,7 @@ pub trait TxnSource: Send + Sync + 'static {
     /// `None`). Cheap: errors about `after` come from the reader's first read.
     fn reader(&self, after: Option<Gtid>) -> Box<dyn TxnReader>;
 
-    /// A watch whose value changes whenever `read_after` may return more or `locate` may answer
+    /// A watch whose value changes whenever a reader may return more or `locate` may answer
     /// differently. serve subscribes before reading, so no change is missed.
     fn changes(&self) -> watch::Receiver<u64>;
 }
