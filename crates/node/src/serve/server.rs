@@ -35,7 +35,9 @@ pub struct ServeConfig {
     pub password: String,
     /// Heartbeat period when the replica does not ask for one (`@master_heartbeat_period`).
     pub heartbeat: Duration,
-    /// Upper bound of the bytes read from the source at once (the memory a dump holds).
+    /// Upper bound of the bytes read from the source at once. A dump holds about this much plus
+    /// the largest single event (a transaction larger than this is read and sent in pieces),
+    /// whatever the size of the transaction.
     pub batch_bytes: usize,
     /// Virtual binlog files are rotated before reaching this size (capped below 4 GiB).
     pub rotate_at: u64,
