@@ -70,6 +70,12 @@ impl NodeOracle {
         let deadline = tokio::time::Instant::now() + GTID_WAIT;
         let mut applied = self.log.subscribe_applied();
         loop {
+            // Fast path: the commit just accepted is usually still the newest one, and the
+            // applied position names it exactly; only otherwise ask the log's thread (a round
+            // trip that waits behind whatever that thread is doing, an fsync included).
+            if applied.borrow_and_update().last_gtid == Some(g) {
+                return CommitVerdict::Logged;
+            }
             match self.log.lookup_seq(g.domain, g.seq).await {
                 Ok(SeqLookup::Txn { gtid, .. }) if gtid == g => return CommitVerdict::Logged,
                 Ok(SeqLookup::Txn { gtid, .. }) => {
