@@ -81,19 +81,28 @@ fn acking_before_the_log_commits_loses_acknowledged_writes() {
 
 #[test]
 fn forwarding_without_the_lease_serves_stale_reads() {
-    let o = run_planted("skip-lease", "pause-master", "register", 11);
-    let anomalies = field(&o.last_line, "anomalies");
-    assert_eq!(
-        o.code,
-        Some(1),
-        "a dirty run exits 1; last line {:?}\n{}",
-        o.last_line,
-        o.stderr_tail
-    );
-    assert!(
-        anomalies.unwrap_or(0) > 0,
-        "a paused master forwarding without its lease must show anomalies; last line {:?}\n{}",
-        o.last_line,
-        o.stderr_tail
+    // A stale read needs a client whose session on the deposed master reads a key the new
+    // master rewrote, within the deposed master's 3-s window after it wakes; whether a 45-s
+    // schedule gives one depends on where the clients' sessions happen to be (most runs show
+    // several, some none). Up to three seeds: the harness must see it in one of them.
+    let mut runs = Vec::new();
+    for seed in [11, 12, 13] {
+        let o = run_planted("skip-lease", "pause-master", "register", seed);
+        let anomalies = field(&o.last_line, "anomalies").unwrap_or(0);
+        if anomalies > 0 {
+            assert_eq!(
+                o.code,
+                Some(1),
+                "a dirty run exits 1; last line {:?}\n{}",
+                o.last_line,
+                o.stderr_tail
+            );
+            return;
+        }
+        runs.push(format!("seed {seed}: {:?}\n{}", o.last_line, o.stderr_tail));
+    }
+    panic!(
+        "a paused master forwarding without its lease must show anomalies; none in three runs:\n{}",
+        runs.join("\n")
     );
 }
