@@ -19,11 +19,10 @@ use std::time::Duration;
 use quorumsql_log::runtime::{AppliedPosition, LogHandle, SeqLookup};
 use quorumsql_log::Role as RaftRole;
 use quorumsql_peer::{NodeId, PeerNet, StreamPurpose};
+use quorumsql_wire::Gtid;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
-
-use quorumsql_wire::Gtid;
 
 use crate::commit_alarm::CommitAlarm;
 use crate::config::NodeConfig;
@@ -31,6 +30,8 @@ use crate::proxy::{
     CommitEvidence, CommitVerdict, DialFuture, MasterEpoch, PeerDialer, ProxyConfig, ProxyHandle,
     ProxyLimits, RoRoute, RouteOracle, RwRoute, VerifyFuture,
 };
+use crate::roles::switchover::SwitchoverGate;
+use crate::roles::{Role, RoleSnapshot};
 use crate::sql::{ConnectOptions, SqlConn};
 
 /// How long a commit's GTID may take to show up as accepted in this node's log. Capture ACKs a
@@ -39,8 +40,6 @@ use crate::sql::{ConnectOptions, SqlConn};
 const GTID_WAIT: Duration = Duration::from_millis(100);
 /// Bound on asking the local mariadbd whether its binlog is open (connect, then query).
 const BINLOG_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
-use crate::roles::switchover::SwitchoverGate;
-use crate::roles::{Role, RoleSnapshot};
 
 /// The route oracle over the log and roles.
 struct NodeOracle {
@@ -68,14 +67,8 @@ impl NodeOracle {
     /// Whether the log holds `g`, waiting up to [`GTID_WAIT`] for it to be applied.
     async fn gtid_in_log(&self, g: Gtid) -> CommitVerdict {
         let deadline = tokio::time::Instant::now() + GTID_WAIT;
-        let mut applied = self.log.subscribe_applied();
+        let mut applied = self.applied.clone();
         loop {
-            // Fast path: the commit just accepted is usually still the newest one, and the
-            // applied position names it exactly; only otherwise ask the log's thread (a round
-            // trip that waits behind whatever that thread is doing, an fsync included).
-            if applied.borrow_and_update().last_gtid == Some(g) {
-                return CommitVerdict::Logged;
-            }
             match self.log.lookup_seq(g.domain, g.seq).await {
                 Ok(SeqLookup::Txn { gtid, .. }) if gtid == g => return CommitVerdict::Logged,
                 Ok(SeqLookup::Txn { gtid, .. }) => {

@@ -204,17 +204,12 @@ impl LogHandle {
         after: Option<Gtid>,
         max_bytes: usize,
     ) -> Result<Vec<CommittedTxn>, LogError> {
-        let (reply, rx) = oneshot::channel();
-        let stopped =
-            || LogError::Stopped(self.fatal().unwrap_or_else(|| "log runtime stopped".into()));
-        self.requests
-            .send(Request::ReadTxns {
-                after,
-                max_bytes,
-                reply,
-            })
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        self.ask(|reply| Request::ReadTxns {
+            after,
+            max_bytes,
+            reply,
+        })
+        .await?
     }
 
     /// Accepted, committed transactions in pieces from `from`, at most `max_bytes` of events per
@@ -226,41 +221,39 @@ impl LogHandle {
         from: ReadCursor,
         max_bytes: usize,
     ) -> Result<Vec<TxnPiece>, LogError> {
-        let (reply, rx) = oneshot::channel();
-        let stopped =
-            || LogError::Stopped(self.fatal().unwrap_or_else(|| "log runtime stopped".into()));
-        self.requests
-            .send(Request::ReadPieces {
-                from,
-                max_bytes,
-                reply,
-            })
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        self.ask(|reply| Request::ReadPieces {
+            from,
+            max_bytes,
+            reply,
+        })
+        .await?
     }
 
     /// What the log holds at (`domain`, `seq`); answered on the runtime thread from the state
     /// machine's index.
     pub async fn lookup_seq(&self, domain: u32, seq: u64) -> Result<SeqLookup, LogError> {
-        let (reply, rx) = oneshot::channel();
-        let stopped =
-            || LogError::Stopped(self.fatal().unwrap_or_else(|| "log runtime stopped".into()));
-        self.requests
-            .send(Request::LookupSeq { domain, seq, reply })
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())
+        self.ask(|reply| Request::LookupSeq { domain, seq, reply })
+            .await
     }
 
     /// Clears [`LogStatus::self_needs_rebuild`] (durably) once this node's mariadbd was rebuilt
     /// from a healthy replica: the snapshot gap in its transactions is gone with the old datadir.
     pub async fn clear_needs_rebuild(&self) -> Result<(), LogError> {
+        self.ask(|reply| Request::ClearNeedsRebuild { reply })
+            .await?
+    }
+
+    /// One request to the runtime thread and its answer; a stopped runtime is
+    /// [`LogError::Stopped`] with the reason it stopped.
+    async fn ask<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, LogError> {
         let (reply, rx) = oneshot::channel();
         let stopped =
             || LogError::Stopped(self.fatal().unwrap_or_else(|| "log runtime stopped".into()));
-        self.requests
-            .send(Request::ClearNeedsRebuild { reply })
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        self.requests.send(request(reply)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())
     }
 
     /// Waits until a transaction after `after` is applied, or `deadline` passes. Returns the last

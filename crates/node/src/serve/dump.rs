@@ -23,10 +23,10 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::error::ServeError;
-use super::group::{GroupError, GroupSplitter};
+use super::group::GroupSplitter;
 use super::server::{Counters, ServeEvent, Shared};
 use super::session::{Conn, UserVars};
-use super::source::{SourceError, Txn, TxnPiece, TxnReader, TxnSource};
+use super::source::{SourceError, TxnPiece, TxnReader, TxnSource};
 use super::start::{decide_start, Refusal, RefusalReason, StartDecision};
 use super::vbinlog::{normalize_fd, VirtualBinlog};
 
@@ -703,80 +703,9 @@ struct StreamAt<'a> {
     vb: &'a mut VirtualBinlog,
 }
 
-/// Splits a whole transaction into its events and checks it is one whole group whose GTID event
-/// names `txn.gtid`, with valid CRCs. ANNOTATE_ROWS events are dropped unless the replica asked
-/// for them.
-pub fn split_group(txn: &Txn, annotate_rows: bool) -> Result<Vec<Bytes>, GroupError> {
-    let mut s = GroupSplitter::new(txn.gtid, annotate_rows);
-    Ok(s.push(0, txn.events.clone(), true)?
-        .into_iter()
-        .map(|e| e.bytes)
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quorumsql_wire::event::{build_event, check_event, Checksum, EventType, GtidEvent};
-
-    fn group(seq: u64) -> Bytes {
-        let mut b = BytesMut::new();
-        b.extend_from_slice(&GtidEvent::new(0, seq, 0x0c).build_event(1, 1, 100, 8));
-        b.extend_from_slice(&build_event(
-            EventType::AnnotateRows,
-            1,
-            1,
-            150,
-            0,
-            b"INSERT",
-            Checksum::Crc32,
-        ));
-        b.extend_from_slice(&build_event(
-            EventType::Xid,
-            1,
-            1,
-            200,
-            0,
-            &7u64.to_le_bytes(),
-            Checksum::Crc32,
-        ));
-        b.freeze()
-    }
-
-    fn txn(seq: u64, events: Bytes) -> Txn {
-        Txn {
-            gtid: Gtid::new(0, 1, seq),
-            events,
-            origin_fd: None,
-        }
-    }
-
-    #[test]
-    fn whole_groups_split_and_annotations_follow_the_dump_flag() {
-        let t = txn(5, group(5));
-        assert_eq!(split_group(&t, true).unwrap().len(), 3);
-        assert_eq!(split_group(&t, false).unwrap().len(), 2);
-    }
-
-    #[test]
-    fn partial_mislabelled_or_corrupt_groups_are_rejected() {
-        let g = group(5);
-        let gtid_len = check_event(&g[..42])
-            .map(|h| h.event_size as usize)
-            .unwrap();
-        let partial = txn(5, g.slice(..g.len() - 31));
-        assert!(split_group(&partial, true).is_err());
-        assert!(split_group(&txn(6, g.clone()), true)
-            .unwrap_err()
-            .to_string()
-            .contains("0-1-5"));
-        let mut bad = BytesMut::from(&g[..]);
-        bad[gtid_len + 20] ^= 1;
-        assert!(split_group(&txn(5, bad.freeze()), true).is_err());
-        let mut two = BytesMut::from(&g[..]);
-        two.extend_from_slice(&group(6));
-        assert!(split_group(&txn(5, two.freeze()), true).is_err());
-    }
 
     #[test]
     fn settings_require_gtid_mode_and_crc32() {
