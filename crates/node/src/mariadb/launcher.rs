@@ -94,6 +94,14 @@ fn spawn_with_pdeathsig(cmd: &mut Command) -> std::io::Result<Child> {
             if libc::getppid() != parent {
                 return Err(std::io::Error::other("parent exited before exec"));
             }
+            // Its own session, so its own scheduler autogroup (sched(7)): with autogroups on
+            // (Debian's default), nice only ranks threads inside one group, and 64 busy client
+            // threads in mariadbd outweighed the node's one raft thread at nice -10 in a shared
+            // group; the master lost its quorum check under 64 point-select clients straight at
+            // its mariadbd (bench/RESULTS.md). In separate groups the node gets its share
+            // however many threads mariadbd runs. Best effort, like the nice below; the
+            // parent-death signal does not depend on the session.
+            libc::setsid();
             // mariadbd runs at a lower CPU priority than QuorumSQL: under a CPU-bound client load
             // a starved raft loop misses heartbeats and loses leadership and its lease, which
             // costs a failover; a slightly slower query costs nothing of the kind. The gap is
@@ -103,14 +111,6 @@ fn spawn_with_pdeathsig(cmd: &mut Command) -> std::io::Result<Child> {
             // throughput); an unprivileged node at 0 puts mariadbd at +10. Best effort: a
             // failure leaves the inherited priority. getpriority can return -1 as a value, so
             // errno tells an error apart.
-            // Its own session, so its own scheduler autogroup (sched(7)): with autogroups on
-            // (Debian's default), nice only ranks threads inside one group, and 64 busy client
-            // threads in mariadbd outweighed the node's one raft thread at nice -10 in a shared
-            // group; the master lost its quorum check under 64 point-select clients straight at
-            // its mariadbd (bench/RESULTS.md). In separate groups the node gets its share
-            // however many threads mariadbd runs. Best effort, like the nice below; the
-            // parent-death signal does not depend on the session.
-            libc::setsid();
             *libc::__errno_location() = 0;
             let own_nice = libc::getpriority(libc::PRIO_PROCESS, 0);
             if own_nice != -1 || *libc::__errno_location() == 0 {
@@ -124,7 +124,31 @@ fn spawn_with_pdeathsig(cmd: &mut Command) -> std::io::Result<Child> {
 
 #[cfg(test)]
 mod tests {
-    use super::mariadbd_nice;
+    use super::{mariadbd_nice, Launcher};
+    use std::process::Command;
+
+    #[test]
+    fn a_launched_child_leads_its_own_session() {
+        // Its own session is its own scheduler autogroup: the node's threads keep their CPU
+        // share however many threads mariadbd runs.
+        let launcher = Launcher::new().expect("launcher");
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let mut child = launcher
+            .spawn(cmd)
+            .expect("launcher thread")
+            .expect("spawn sleep");
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: getsid only reads the session id of a process.
+        let (child_sid, own_sid) = unsafe { (libc::getsid(pid), libc::getsid(0)) };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(child_sid, pid, "the child should lead a new session");
+        assert_ne!(
+            child_sid, own_sid,
+            "the child should not share the node's session"
+        );
+    }
 
     #[test]
     fn mariadbd_runs_below_the_node_but_never_below_normal_priority() {
