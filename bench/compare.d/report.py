@@ -14,10 +14,16 @@ DASHED = {"quorumsql master direct", "quorumsql replica direct"}
 def summarize(runs):
     """runs: list of sysbench.parse dicts of one (row, workload, threads)."""
     tps = [r["tps"] for r in runs]
-    return dict(n=len(runs), tps=statistics.median(tps), tps_min=min(tps), tps_max=max(tps),
-                qps=statistics.median(r["qps"] for r in runs),
-                p95=statistics.median(r["p95"] for r in runs),
-                ignored=sum(r["ignored"] for r in runs))
+    s = dict(n=len(runs), tps=statistics.median(tps), tps_min=min(tps), tps_max=max(tps),
+             qps=statistics.median(r["qps"] for r in runs),
+             p95=statistics.median(r["p95"] for r in runs),
+             ignored=sum(r["ignored"] for r in runs))
+    # CPU of the median-TPS round (not a median per field: the fields of one round belong together).
+    metered = sorted((r for r in runs if r.get("cpu")), key=lambda r: r["tps"])
+    if metered:
+        s["cpu"] = metered[(len(metered) - 1) // 2]["cpu"]
+        s["cpu_tps"] = metered[(len(metered) - 1) // 2]["tps"]
+    return s
 
 
 def fmt(x):
@@ -56,6 +62,31 @@ def targets(S, threads):
     return out
 
 
+def cpu_table(S, workloads, threads):
+    """Where the CPU went (cpu.py), for the round with the median TPS of each case."""
+    rows = []
+    for wl in workloads:
+        for th in threads:
+            for row in MAIN_ROWS + EXTRA_ROWS:
+                s = S.get((row, wl, th))
+                if not s or "cpu" not in s or not s["cpu_tps"]:
+                    continue
+                c, tps = s["cpu"], s["cpu_tps"]
+                per = [1000 * c[k] / tps for k in ("mariadbd", "quorumsql", "sysbench")]
+                rows.append("| %s | %d | %s | %s | %.0f %% | %.2f | %.2f | %.2f | %.3f | %.3f | %.3f | %.3f |" % (
+                    wl, th, row, fmt(tps), 100 * c["busy"], c["mariadbd"], c["quorumsql"], c["sysbench"],
+                    per[0], per[1], per[2], sum(per)))
+    if not rows:
+        return []
+    return ["", "### Where the CPU went", "",
+            "Cores used during the measured run of the median round, and CPU milliseconds per transaction "
+            "(cores ÷ TPS). \"quorumsql\" is every `quorumsql` process: proxy, capture, log and serve of "
+            "all three nodes. Machine busy counts iowait as idle.", "",
+            "| workload | thr | system | TPS | machine busy | mariadbd cores | quorumsql cores | sysbench cores "
+            "| ms/txn mariadbd | ms/txn quorumsql | ms/txn sysbench | ms/txn total |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"] + rows
+
+
 def markdown(S, workloads, threads, header_lines, failovers, notes, failures):
     L = list(header_lines)
     L += ["", "| workload | thr | system | TPS median (min–max) | QPS | p95 ms | × standalone | other ratio |",
@@ -77,6 +108,7 @@ def markdown(S, workloads, threads, header_lines, failovers, notes, failures):
                     else fmt(s["tps"])
                 L.append("| %s | %d | %s | %s | %s | %s | %s | %s |" % (
                     wl, th, row, spread, fmt(s["qps"]), fmt(s["p95"]), x, other))
+    L += cpu_table(S, workloads, threads)
     L += ["", "### Targets", ""]
     for desc, val, met in targets(S, threads):
         L.append("- %s: %s — **%s**" % (desc, val, {True: "met", False: "missed", None: "not measured"}[met]))

@@ -211,6 +211,7 @@ class Galera:
         self.root, self.template, self.opts = root, template, opts
         self.nodes = []
         self.joined = []
+        self.notes = []
 
     def setup(self):
         ports = free_ports(12)
@@ -300,9 +301,52 @@ class Galera:
                 time.sleep(0.05)
         return []
 
+    # Error-log lines that say why a node left the primary component.
+    WHY_LEFT = re.compile(r"WSREP.*(view|partition|suspect|non-Primary|non-primary|evict|timed out|"
+                          r"inactive|declar|Aborted|shifting|connection to peer|closed)", re.I)
+
+    def failure_context(self, since):
+        """The wsrep membership lines every node logged since `since` (unix s): a failed case
+        (error 1047, node left the primary component) then says what happened to the cluster."""
+        lines = []
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(since - 1))
+        for n in self.nodes:
+            try:
+                with open(n.errlog, errors="replace") as f:
+                    got = [l.rstrip() for l in f if l[:19] >= stamp and self.WHY_LEFT.search(l)]
+            except OSError as e:
+                got = ["cannot read %s: %s" % (n.errlog, e)]
+            lines += ["%s: %s" % (n.name, l[:300]) for l in got[-8:]]
+            lines.append("%s: wsrep_cluster_status=%s wsrep_local_state_comment=%s wsrep_cluster_size=%s"
+                         % (n.name, n.status("wsrep_cluster_status"), n.status("wsrep_local_state_comment"),
+                            n.status("wsrep_cluster_size")))
+        return lines
+
+    def recover(self):
+        """After a failed case: node1 (the one under load) must be Synced in a 3-node primary
+        component again before the next case. It usually rejoins by itself; if not within 30 s
+        it is restarted, which rejoins it by IST. A cluster that cannot recover fails the
+        remaining cases with the reason (the caller records the exception)."""
+        n1 = self.nodes[0]
+        try:
+            self.wait_synced(n1, timeout=30)
+            if n1.status("wsrep_cluster_size") == "3":
+                return
+        except SetupError:
+            pass
+        log("galera: node1 not Synced in a 3-node cluster 30 s after a failed case; restarting it")
+        self.notes.append("PROBLEM galera: node1 left the primary component during a case and was "
+                          "restarted (IST) before the next one")
+        n1.stop()
+        n1.start(timeout=180)
+        self.wait_synced(n1)
+        size = n1.status("wsrep_cluster_size")
+        if size != "3":
+            raise SetupError("galera: node1 rejoined but wsrep_cluster_size is %s, want 3" % size)
+
     def checks(self):
         n1 = self.nodes[0]
-        return ["galera: node1 flow control paused %s of the time since start, %s certification "
+        return self.notes + ["galera: node1 flow control paused %s of the time since start, %s certification "
                 "failures" % (n1.status("wsrep_flow_control_paused"), n1.status("wsrep_local_cert_failures"))]
 
     def teardown(self):
