@@ -230,6 +230,24 @@ pub enum LogEvent {
     },
     LostLeadership {
         term: u64,
+        /// The node's term after it stepped down: equal to `term` when it stepped down by
+        /// itself (raft's quorum check heard from no majority within an election timeout, or
+        /// it handed leadership over), greater when a peer with a higher term deposed it.
+        now_term: u64,
+    },
+    /// The election timeout ran out without word from a leader: this node starts a pre-vote
+    /// (`pre_vote`) or, once that succeeded, an election. Seen on a healthy cluster only when a
+    /// node was starved, paused or cut off.
+    Campaigning {
+        term: u64,
+        pre_vote: bool,
+        /// The leader this node last knew, if any.
+        last_leader: Option<NodeId>,
+    },
+    /// The core was not entered for longer than the lease margin (process paused, loop thread
+    /// starved of CPU): any lease was voided, and an election may follow.
+    SchedulingGap {
+        gap: Duration,
     },
     MembershipChanged {
         index: u64,
@@ -387,6 +405,10 @@ pub struct LogCore<S: LogStore> {
     rng: Option<SplitMix>,
     /// (term, role, randomized timeout) last seen, to notice raft re-drawing its timeout.
     timeout_seen: (u64, StateRole, usize),
+    /// raft's role after the previous call, to report campaigns.
+    last_role: StateRole,
+    /// The leader this node last knew (for the campaign report).
+    known_leader: Option<NodeId>,
     /// Entries kept below the members' retention point (see [`Self::set_compaction_slack`]).
     compaction_slack: u64,
 }
@@ -494,6 +516,8 @@ impl<S: LogStore> LogCore<S> {
             unpersisted: None,
             stopped: None,
             timeout_seen,
+            last_role: StateRole::Follower,
+            known_leader: None,
             compaction_slack: 0,
         };
         core.lease.observe(now);
@@ -583,7 +607,9 @@ impl<S: LogStore> LogCore<S> {
     /// stepped before overdue ticks would otherwise be followed by a burst of ticks, and the
     /// follower's vote refusal would end early (docs/LEASE.md).
     fn advance_clock(&mut self, now: BootInstant) {
-        self.lease.observe(now);
+        if let Some(gap) = self.lease.observe(now) {
+            self.out.events.push(LogEvent::SchedulingGap { gap });
+        }
         let interval = crate::types::duration_nanos(self.cfg.tick_interval).max(1);
         let due = now.0.saturating_sub(self.last_tick.0) / interval;
         if due > 0 {
@@ -816,10 +842,26 @@ impl<S: LogStore> LogCore<S> {
     fn after_raft_call(&mut self, _now: BootInstant) {
         self.redraw_timeout(false);
         let r = &self.raw.raft;
+        if r.leader_id != raft::INVALID_ID {
+            self.known_leader = Some(node(r.leader_id));
+        }
+        if r.state != self.last_role {
+            if matches!(r.state, StateRole::PreCandidate | StateRole::Candidate) {
+                self.out.events.push(LogEvent::Campaigning {
+                    term: r.term,
+                    pre_vote: r.state == StateRole::PreCandidate,
+                    last_leader: self.known_leader,
+                });
+            }
+            self.last_role = r.state;
+        }
         let leading = (r.state == StateRole::Leader).then_some(r.term);
         if leading != self.leader_term {
             if let Some(t) = self.leader_term {
-                self.out.events.push(LogEvent::LostLeadership { term: t });
+                self.out.events.push(LogEvent::LostLeadership {
+                    term: t,
+                    now_term: r.term,
+                });
             }
             if let Some(t) = leading {
                 self.out.events.push(LogEvent::BecameLeader { term: t });

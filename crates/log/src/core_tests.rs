@@ -1044,3 +1044,64 @@ fn piece_cursors_into_compacted_transactions_are_refused_as_compacted() {
         .unwrap();
     assert_eq!(got.first().map(|p| p.gtid.seq), Some(through.seq + 1));
 }
+
+#[test]
+fn a_cut_off_leader_steps_down_and_the_followers_say_whom_they_lost() {
+    let mut c = Cluster::new(3);
+    let l = c.elect_and_promote();
+    let (old_term, old_leader) = (c.nodes[l].term(), c.nodes[l].id());
+    c.events.clear();
+    c.cut[l] = true;
+    c.run(600);
+    assert!(
+        c.events.contains(&(
+            l,
+            LogEvent::LostLeadership {
+                term: old_term,
+                now_term: old_term
+            }
+        )),
+        "the cut-off leader must report stepping down in its own term: {:?}",
+        c.events
+    );
+    let campaigns: Vec<_> = c
+        .events
+        .iter()
+        .filter(|(i, e)| *i != l && matches!(e, LogEvent::Campaigning { .. }))
+        .collect();
+    assert!(
+        campaigns.iter().any(|(_, e)| *e
+            == LogEvent::Campaigning {
+                term: old_term,
+                pre_vote: true,
+                last_leader: Some(old_leader)
+            }),
+        "a follower must report its pre-vote and the leader it lost: {:?}",
+        c.events
+    );
+    let new = c.leader().expect("the other two elect a leader");
+    assert_ne!(new, l);
+    assert!(c.nodes[new].term() > old_term);
+}
+
+#[test]
+fn a_loop_gap_longer_than_the_lease_margin_is_reported_with_its_length() {
+    let mut c = Cluster::new(3);
+    c.elect_and_promote();
+    let now = c.t();
+    let quiet = c.nodes[0].poll(now).unwrap();
+    assert!(!quiet
+        .events
+        .iter()
+        .any(|e| matches!(e, LogEvent::SchedulingGap { .. })));
+    // The margin is 5 ms; the node is not entered for 40 ms.
+    let later = BootInstant(c.now + 40 * MS);
+    let out = c.nodes[0].poll(later).unwrap();
+    assert!(
+        out.events.contains(&LogEvent::SchedulingGap {
+            gap: Duration::from_millis(40)
+        }),
+        "{:?}",
+        out.events
+    );
+}

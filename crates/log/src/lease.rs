@@ -114,11 +114,15 @@ impl Lease {
 
     /// Called on every entry into the core with the current time. A gap longer than the margin
     /// since the previous call (process pause, VM freeze, overloaded loop) voids the lease and
-    /// every round sent before now.
-    pub fn observe(&mut self, now: BootInstant) {
+    /// every round sent before now. Returns that gap when it voided the lease, so the caller
+    /// can tell an operator the node was starved or paused.
+    pub fn observe(&mut self, now: BootInstant) -> Option<Duration> {
+        let mut gap = None;
         if let Some(prev) = self.last_seen {
-            if now.saturating_since(prev) > self.params.margin {
+            let since = now.saturating_since(prev);
+            if since > self.params.margin {
                 self.void(now);
+                gap = Some(since);
             }
             if now < prev {
                 // BOOTTIME never goes back; if the caller's clock did, trust nothing before now.
@@ -126,6 +130,7 @@ impl Lease {
             }
         }
         self.last_seen = Some(now.max(self.last_seen.unwrap_or(now)));
+        gap
     }
 
     /// Gives the lease up and ignores every round started before `now`.
@@ -236,9 +241,10 @@ mod tests {
             },
             1,
         );
-        l.observe(t(1040));
+        assert_eq!(l.observe(t(1040)), None, "a 40 ms gap is within the margin");
         assert!(l.valid_until(1).is_some());
-        l.observe(t(1100)); // 60 ms gap > 50 ms margin
+        // 60 ms gap > 50 ms margin
+        assert_eq!(l.observe(t(1100)), Some(Duration::from_millis(60)));
         assert_eq!(l.valid_until(1), None);
         l.on_quorum_ack(
             &RoundContext {

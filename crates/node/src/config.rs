@@ -136,6 +136,11 @@ pub struct RaftSection {
     pub lease_margin_ms: u64,
     /// Largest log entry; bigger transactions travel in chunks.
     pub entry_cap_bytes: usize,
+    /// `SCHED_RR` priority (1..=99) of the log and peer transport threads, so that a saturated
+    /// CPU cannot delay heartbeats and lease rounds (bench/RESULTS.md, "Spurious master moves");
+    /// 0 keeps them at normal priority. Needs root or CAP_SYS_NICE; without it the node logs a
+    /// warning and runs at normal priority. Not compared between nodes.
+    pub realtime_priority: u8,
 }
 
 impl Default for RaftSection {
@@ -148,6 +153,7 @@ impl Default for RaftSection {
             max_clock_drift: 0.01,
             lease_margin_ms: 100,
             entry_cap_bytes: 4 << 20,
+            realtime_priority: 10,
         }
     }
 }
@@ -357,6 +363,16 @@ impl NodeConfig {
             }
         }
         let r = &self.raft;
+        if r.realtime_priority > quorumsql_log::runtime::realtime::MAX_PRIORITY {
+            return Err(invalid(
+                "raft.realtime_priority",
+                format!(
+                    "{} is outside 0..={} (0 = normal priority)",
+                    r.realtime_priority,
+                    quorumsql_log::runtime::realtime::MAX_PRIORITY
+                ),
+            ));
+        }
         if r.tick_ms == 0 || r.tick_ms > 10_000 {
             return Err(invalid(
                 "raft.tick_ms",
@@ -495,6 +511,28 @@ install_db = "/bin/sh"
         let cfg = NodeConfig::parse(&sample(&dir), Path::new("node1.toml")).expect("valid");
         assert_eq!(cfg.me().id, 1);
         assert_eq!(cfg.raft.tick_ms, 100);
+        assert_eq!(cfg.raft.realtime_priority, 10, "SCHED_RR by default");
+    }
+
+    #[test]
+    fn realtime_priority_is_0_to_99() {
+        let dir = std::env::temp_dir();
+        for (p, ok) in [(0, true), (99, true), (100, false), (255, false)] {
+            let text = sample(&dir).replace(
+                "[mariadb]",
+                &format!("[raft]\nrealtime_priority = {p}\n\n[mariadb]"),
+            );
+            match NodeConfig::parse(&text, Path::new("n.toml")) {
+                Ok(cfg) => {
+                    assert!(ok, "{p} must be refused");
+                    assert_eq!(cfg.raft.realtime_priority, p);
+                }
+                Err(e) => {
+                    assert!(!ok, "{p} must be accepted: {e}");
+                    assert!(e.to_string().contains("raft.realtime_priority"), "{e}");
+                }
+            }
+        }
     }
 
     #[test]

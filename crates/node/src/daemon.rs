@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use quorumsql_log::runtime::{handshake_params, LogHandle, LogRuntime, RuntimeConfig};
 use quorumsql_log::{LogConfig, NodeId, RaftEngineStore};
-use quorumsql_peer::{ClusterSecret, PeerConfig, PeerNet};
+use quorumsql_peer::{ClusterSecret, PeerConfig};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -26,7 +26,7 @@ pub enum DaemonError {
     #[error("{0}")]
     Admin(#[from] crate::admin::AdminError),
     #[error("peer transport: {0}")]
-    Peer(#[from] quorumsql_peer::PeerError),
+    Peer(#[from] crate::peer_thread::PeerThreadError),
     #[error("cluster secret: {0}")]
     Secret(String),
     #[error("cannot create {path}: {source}")]
@@ -107,7 +107,8 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
     peer_cfg.cluster_name = cfg.cluster.name.clone();
     peer_cfg.handshake_params = handshake_params(&log_cfg);
     peer_cfg.max_frame_bytes = cfg.raft.entry_cap_bytes + (1 << 20);
-    let (net, inbound) = PeerNet::start(peer_cfg).await?;
+    let realtime = (cfg.raft.realtime_priority > 0).then_some(cfg.raft.realtime_priority);
+    let (net, inbound) = crate::peer_thread::start(peer_cfg, realtime).await?;
     let log_dir = cfg.log_dir();
     let store =
         tokio::task::block_in_place(|| RaftEngineStore::open(&log_dir)).map_err(|source| {
@@ -116,7 +117,9 @@ pub async fn run(cfg: NodeConfig) -> Result<(), DaemonError> {
                 source,
             }
         })?;
-    let log = LogRuntime::start(RuntimeConfig::new(log_cfg), store, net.clone(), inbound).await?;
+    let mut runtime_cfg = RuntimeConfig::new(log_cfg);
+    runtime_cfg.realtime_priority = realtime;
+    let log = LogRuntime::start(runtime_cfg, store, net.clone(), inbound).await?;
 
     // The admin port, early: a node stuck later is still visible.
     let proxy_slot: Arc<std::sync::OnceLock<Arc<crate::proxy::ProxyHandle>>> = Arc::default();

@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod log_adapters;
 pub mod mariadb;
+pub mod peer_thread;
 pub mod planted;
 pub mod proxy;
 pub mod proxy_glue;

@@ -780,8 +780,15 @@ impl Sim {
                         }
                     }
                 }
-                LogEvent::LostLeadership { term } => {
-                    self.log(format!("node{id} lost leadership of term {term}"))
+                LogEvent::LostLeadership { term, now_term } => self.log(format!(
+                    "node{id} lost leadership of term {term} (now in term {now_term})"
+                )),
+                LogEvent::Campaigning { term, pre_vote, .. } => {
+                    let kind = if *pre_vote { "pre-vote" } else { "election" };
+                    self.log(format!("node{id} starts a {kind} from term {term}"))
+                }
+                LogEvent::SchedulingGap { gap } => {
+                    self.log(format!("node{id} was not run for {gap:?}"))
                 }
                 LogEvent::SnapshotInstalled { index, .. } => {
                     self.stats.snapshots_installed += 1;

@@ -62,6 +62,13 @@ impl LogRuntime {
         let spawned = std::thread::Builder::new()
             .name("quorumsql-log".into())
             .spawn(move || {
+                if let Some(p) = cfg.realtime_priority {
+                    match super::realtime::make_current_thread_realtime(p) {
+                        Ok(()) => info!(priority = p, "log thread runs under SCHED_RR"),
+                        Err(e) => warn!(priority = p, error = %e,
+                            "cannot run the log thread under SCHED_RR; it keeps normal priority, and a saturated CPU can then cost the master its lease"),
+                    }
+                }
                 let now = BootInstant::now();
                 let core = match LogCore::new(cfg.log.clone(), store, now) {
                     Ok(c) => c,
@@ -611,11 +618,44 @@ impl<S: LogStore> Driver<S> {
             if matches!(e, LogEvent::BecameLeader { .. }) {
                 self.reports.dirty = true;
             }
-            // Logged by their Debug form so new event kinds and fields need no change here.
-            if matches!(e, LogEvent::SnapshotInstalled { .. }) {
-                warn!(node = %me, event = ?e, "installed a raft snapshot: this node's transactions have a gap");
-            } else {
-                info!(node = %me, event = ?e, "log event");
+            // The ones an operator has to act on or explain are warnings that say why; the rest
+            // are logged by their Debug form, so new kinds and fields need no change here.
+            match &e {
+                LogEvent::SnapshotInstalled { .. } => {
+                    warn!(node = %me, event = ?e, "installed a raft snapshot: this node's transactions have a gap");
+                }
+                LogEvent::LostLeadership { term, now_term } if now_term == term => {
+                    warn!(node = %me, term, "lost leadership: stepped down (no majority heard within an election timeout, or handed over)");
+                }
+                LogEvent::LostLeadership { term, now_term } => {
+                    warn!(node = %me, term, now_term, "lost leadership: a peer started a newer term");
+                }
+                LogEvent::Campaigning {
+                    term,
+                    pre_vote,
+                    last_leader: None,
+                } => {
+                    info!(node = %me, term, pre_vote, "no leader known yet: campaigning");
+                }
+                LogEvent::Campaigning {
+                    term,
+                    pre_vote,
+                    last_leader,
+                } => {
+                    // How long the leader has been silent on the wire, against how long this thread
+                    // may have been unable to notice: tells a dead leader from a starved node.
+                    let silent_ms = last_leader
+                        .and_then(|l| self.peers.peer_status(l))
+                        .and_then(|st| st.last_seen)
+                        .map(|t| t.elapsed().as_millis());
+                    warn!(node = %me, term, pre_vote, last_leader = ?last_leader, leader_silent_ms = ?silent_ms,
+                        "election timeout: campaigning");
+                }
+                LogEvent::SchedulingGap { gap } => {
+                    warn!(node = %me, gap_ms = gap.as_millis(), lease_margin_ms = self.cfg.log.lease_margin.as_millis(),
+                        "the log thread did not run for longer than the lease margin (paused or starved of CPU): lease voided");
+                }
+                _ => info!(node = %me, event = ?e, "log event"),
             }
         }
     }

@@ -29,6 +29,7 @@
 mod driver;
 mod handle;
 mod park;
+pub mod realtime;
 mod report;
 mod ticker;
 mod wire;
@@ -63,6 +64,9 @@ pub struct RuntimeConfig {
     /// conflicting tail is resolved from the log rather than by a snapshot (see
     /// `LogCore::set_compaction_slack`).
     pub compaction_slack_entries: u64,
+    /// Run the log thread under `SCHED_RR` at this priority (see [`realtime`]); `None` leaves it
+    /// at normal priority. If the process may not, the thread says so and runs anyway.
+    pub realtime_priority: Option<u8>,
 }
 
 impl RuntimeConfig {
@@ -75,6 +79,7 @@ impl RuntimeConfig {
             compact_interval: Duration::from_secs(10),
             compact_min_entries: 1_000,
             compaction_slack_entries: 1_024,
+            realtime_priority: None,
         }
     }
 }
